@@ -1,0 +1,13 @@
+"""Identity-labelled image sets: folders, the synthetic default, splits, audit sets, sampling."""
+
+from gmia_defend._lazy import lazy_exports
+
+_EXPORTS = {
+    "SyntheticFaces": "synthetic",
+    "IdentityImageFolder": "folder",
+    "IdentitySplit": "split",
+    "AuditSet": "audit",
+    "IdentityDataModule": "datamodule",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,14 @@
+"""Image -> unit-norm identity embedding, with a calibrated verification threshold."""
+
+from gmia_defend._lazy import lazy_exports
+
+_EXPORTS = {
+    "Embedder": "base",
+    "FaceNetEmbedder": "facenet",
+    "DlibResNetEmbedder": "dlib",
+    "TrainedEmbedder": "trained",
+    "train_identity_embedder": "trained",
+    "load_embedder": "registry",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,1 @@
+"""Image quality: FID / Frechet distance that can share generated samples with the attack."""

@@ -1,0 +1,1 @@
+"""Plots and logger helpers derived from audits.jsonl."""
