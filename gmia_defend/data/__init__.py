@@ -8,6 +8,7 @@ _EXPORTS = {
     "IdentitySplit": "split",
     "AuditSet": "audit",
     "IdentityDataModule": "datamodule",
+    "open_dataset": "specs",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

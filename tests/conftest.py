@@ -1,0 +1,24 @@
+"""Test-wide settings: offline W&B, a private cache, and shared fixtures.
+
+Each area keeps its shared fixtures in ``tests/_fixtures_<area>.py``; they are imported here so any
+test file can use them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+
+_HERE = Path(__file__).parent
+if str(_HERE) not in sys.path:
+    sys.path.insert(0, str(_HERE))
+
+for _path in sorted(_HERE.glob("_fixtures_*.py")):
+    _module = importlib.import_module(_path.stem)
+    globals().update({k: v for k, v in vars(_module).items() if not k.startswith("_")})
