@@ -11,16 +11,16 @@ from typing import Any, Callable
 import math
 
 
-def _jsonable(obj: Any) -> Any:
-    """Map NaN/inf floats to None-free JSON: NaN -> "NaN" is not valid JSON, so use null."""
+def jsonable(obj: Any) -> Any:
+    """Make ``obj`` strict-JSON serialisable: NaN/inf become null, 0-d tensors/arrays become numbers."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
-        return _jsonable(obj.item())
+        return jsonable(obj.item())
     return obj
 
 
@@ -45,14 +45,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
     """Write JSON atomically; non-finite floats become ``null``."""
-    return write_text_atomic(path, json.dumps(_jsonable(obj), indent=indent) + "\n")
+    return write_text_atomic(path, json.dumps(jsonable(obj), indent=indent) + "\n")
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line and fsync, so a killed run keeps every completed record."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(_jsonable(record)) + "\n"
+    line = json.dumps(jsonable(record)) + "\n"
     with open(path, "a") as fh:
         fh.write(line)
         fh.flush()

@@ -1,0 +1,139 @@
+"""Sweep figures from ``sweep_audits.jsonl``: what each setting buys in leakage and costs in quality.
+
+- leakage vs number of member identities (diversity at a fixed image budget),
+- leakage vs kimg, one line per setting (overfitting with training length),
+- the leakage-quality Pareto front across settings (last audit of each run),
+- leakage vs privacy budget epsilon (DP sweeps).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from gmia_defend.io import atomic_write  # noqa: E402
+
+LEAKAGE_KEY = "leakage/auc"
+
+
+def quality_key(rows: list[dict[str, Any]]) -> str | None:
+    """``quality/fid`` if logged, else the first ``quality/fd_<embedder>`` key present."""
+    keys = {k for r in rows for k in r if k.startswith("quality/")}
+    if "quality/fid" in keys:
+        return "quality/fid"
+    return sorted(keys)[0] if keys else None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
+
+
+def last_audit_per_run(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    last: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["run"] not in last or (row.get("kimg") or 0) >= (last[row["run"]].get("kimg") or 0):
+            last[row["run"]] = row
+    return last
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated when both coordinates are minimised (leakage, FID)."""
+    front = []
+    for i, (a, b) in enumerate(points):
+        dominated = any((c <= a and d <= b) and (c < a or d < b) for j, (c, d) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def setting_label(row: dict[str, Any]) -> str:
+    params = {k[len("param/"):].split(".")[-1]: v for k, v in row.items() if k.startswith("param/")}
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or row["run"]
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(rows: list[dict[str, Any]], out_dir: str | Path, leakage_key: str = LEAKAGE_KEY) -> list[Path]:
+    """Draw every figure the rows support into ``out_dir``; return the paths written."""
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    rows = [r for r in rows if _finite(r.get(leakage_key))]
+    if not rows:
+        return written
+    last = last_audit_per_run(rows)
+    qkey = quality_key(rows)
+
+    # Leakage vs kimg, one line per setting.
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    by_run: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_run[row["run"]].append(row)
+    for run, items in sorted(by_run.items()):
+        items.sort(key=lambda r: r.get("kimg") or 0)
+        ax.plot([r.get("kimg") for r in items], [r[leakage_key] for r in items], marker="o",
+                label=setting_label(items[0]))
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="kimg (thousands of real images shown)", ylabel=leakage_key,
+           title="Leakage over training, per setting")
+    ax.legend(fontsize=7)
+    written.append(_save(fig, out_dir / "sweep_leakage_vs_kimg.png"))
+
+    # Leakage vs number of member identities (when the sweep varies it).
+    id_key = next((k for k in rows[0] if k.startswith("param/") and "num_members" in k), None)
+    if id_key:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        pts = sorted((r[id_key], r[leakage_key], r.get("leakage/auc_ci_low"), r.get("leakage/auc_ci_high"))
+                     for r in last.values() if r.get(id_key) is not None)
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        lows = [p[1] - p[2] if _finite(p[2]) else 0 for p in pts]
+        highs = [p[3] - p[1] if _finite(p[3]) else 0 for p in pts]
+        ax.errorbar(xs, ys, yerr=[lows, highs], marker="o", capsize=3)
+        ax.set_xscale("log")
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set(xlabel="member identities (same total image budget)", ylabel=leakage_key,
+               title="Leakage vs diversity (last audit)")
+        written.append(_save(fig, out_dir / "sweep_leakage_vs_identities.png"))
+
+    # Pareto front leakage vs quality.
+    if qkey:
+        cand = [r for r in last.values() if _finite(r.get(qkey))]
+        if cand:
+            pts = [(r[leakage_key], r[qkey]) for r in cand]
+            front = pareto_front(pts)
+            fig, ax = plt.subplots(figsize=(6, 4.5))
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], c="tab:blue", label="settings (last audit)")
+            for r, p in zip(cand, pts):
+                ax.annotate(setting_label(r), p, fontsize=6, alpha=0.8)
+            ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "r-o", label="Pareto front")
+            ax.set(xlabel=leakage_key, ylabel=qkey, title="Leakage-quality trade-off across settings")
+            ax.legend(fontsize=7)
+            written.append(_save(fig, out_dir / "sweep_pareto.png"))
+
+    # Leakage vs epsilon.
+    eps = [r for r in last.values() if _finite(r.get("privacy/epsilon"))]
+    if eps:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        groups: dict[str, list[dict]] = defaultdict(list)
+        for r in eps:
+            unit = next((str(v) for k, v in r.items() if k.startswith("param/") and k.endswith("unit")), "dp")
+            groups[unit].append(r)
+        for unit, items in groups.items():
+            items.sort(key=lambda r: r["privacy/epsilon"])
+            ax.plot([r["privacy/epsilon"] for r in items], [r[leakage_key] for r in items], marker="o",
+                    label=f"unit={unit}")
+        ax.set_xscale("log")
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set(xlabel="epsilon (lower is more private)", ylabel=leakage_key, title="Leakage vs privacy budget")
+        ax.legend(fontsize=7)
+        written.append(_save(fig, out_dir / "sweep_leakage_vs_epsilon.png"))
+    return written
