@@ -9,11 +9,14 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+# Caches (converted weights, trained embedders) go to a throwaway folder, never the user's home.
+os.environ.setdefault("GMIA_CACHE", tempfile.mkdtemp(prefix="gmia-test-cache-"))
 
 _HERE = Path(__file__).parent
 if str(_HERE) not in sys.path:
