@@ -165,3 +165,19 @@ def test_dlib_chip_matches_dlibs_own_alignment(photos, detector):
     rec = dlib.face_recognition_model_v1(str(default_dat_path()))
     d = np.linalg.norm(np.asarray(rec.compute_face_descriptor(ours)) - np.asarray(rec.compute_face_descriptor(theirs)))
     assert d < 0.3  # dlib's same-person threshold is 0.6
+
+
+def test_audit_set_from_photos_reports_skips_and_keeps_counts(photos, detector):
+    from gmia_defend.data import AuditSet
+
+    members = {"alice": [photos["hopper"], photos["blank"]], "bob": [photos["rotated"]]}
+    nonmembers = {"carol": [photos["hopper"]], "erin": [photos["rotated"]], "dave": [photos["blank"]]}
+    with pytest.warns(UserWarning) as caught:
+        audit = AuditSet.from_photos(members, nonmembers, train_counts={"alice": 40, "bob": 3},
+                                     target="dlib", detector=detector)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "no face" in messages and "dave" in messages
+    assert audit.member_images.shape == (2, 3, 150, 150)
+    assert audit.nonmember_identities == ["carol", "erin"]
+    assert audit.train_counts == {"alice": 40, "bob": 3}
+    assert [s.path for s in audit.skipped_photos] == [photos["blank"], photos["blank"]]

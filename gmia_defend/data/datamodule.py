@@ -1,0 +1,302 @@
+"""IdentityDataModule: training data and the matching audit set from one identity split.
+
+Why: a GAN script (or LightningCLI YAML) should get, from one object, both the images to train on
+and the held-out references the leakage callbacks audit with, so the two can never disagree. All
+arguments are plain types so LightningCLI can set them from YAML.
+
+Batches are ``(images float32 [B,3,R,R] in [-1,1], labels int64 [B])`` where a label is the identity's
+index in ``datamodule.dataset.identities`` (identity-level DP groups by it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gmia_defend.data.audit import AuditSet
+from gmia_defend.data.sampling import IdentityBalancedSampler, cap_per_identity, synthetic_split
+from gmia_defend.data.specs import IdentityDataset
+from gmia_defend.data.split import IdentitySplit
+from gmia_defend.errors import DataError
+
+__all__ = ["IdentityDataModule", "PrerenderedImages", "IndexedImages"]
+
+
+class PrerenderedImages(Dataset):
+    """Training images held in memory as uint8 (4x smaller than float); items in [-1,1]."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images = ((images.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+        self.labels = labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i].to(torch.float32) / 127.5 - 1.0, self.labels[i]
+
+
+class IndexedImages(Dataset):
+    """A view of some dataset indices, loaded per item (for image folders, with workers)."""
+
+    def __init__(self, dataset: IdentityDataset, indices: list[int]) -> None:
+        self.dataset = dataset
+        self.indices = list(indices)
+        self.labels = dataset.targets[torch.as_tensor(self.indices, dtype=torch.int64)]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dataset.load([self.indices[i]])[0], self.labels[i]
+
+
+class IdentityDataModule(pl.LightningDataModule):
+    """Training images and the audit set from an identity split.
+
+    Args:
+        dataset: "synthetic" (procedural faces) or a folder path laid out as root/<identity>/<image>.
+        resolution: image size (synthetic renders at it; folder images are resized and centre-cropped).
+        num_identities: synthetic identities (default: members + non-members + population).
+        images_per_identity: synthetic images per identity (all identities unless member_images is set).
+        seed: synthetic rendering seed.
+        nuisance: synthetic nuisance level: "mild" (default), "strong" or "none".
+        identity_offset: first synthetic identity index (keep audits disjoint from embedder training).
+        num_members: member identities (trained on, audited with held-out references).
+        num_nonmembers: non-member identities (never trained on, audited).
+        references_per_identity: held-out reference images per audited identity.
+        num_population_identities: extra identities (neither trained on nor audited) for calibration.
+        split_seed: seed of the identity split.
+        member_images: synthetic only: training images per member identity (over-representation);
+            non-member and population identities then get ``images_per_identity`` images.
+        split_path: load this split.json instead of creating one (its dataset spec is used).
+        max_images_per_identity: cap training images per member identity (None: no cap).
+        balanced: draw identities uniformly, then an image (identity-balanced sampling).
+        batch_size, num_workers, drop_last: DataLoader settings.
+        pin_memory: None = on when CUDA is available.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "synthetic",
+        resolution: int = 32,
+        num_identities: int | None = None,
+        images_per_identity: int = 20,
+        seed: int = 0,
+        nuisance: str = "mild",
+        identity_offset: int = 0,
+        num_members: int = 32,
+        num_nonmembers: int = 128,
+        references_per_identity: int = 5,
+        num_population_identities: int = 64,
+        split_seed: int = 0,
+        member_images: int | None = None,
+        split_path: str | None = None,
+        max_images_per_identity: int | None = None,
+        balanced: bool = False,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.dataset_arg = dataset
+        self.resolution = int(resolution)
+        self.num_identities = num_identities
+        self.images_per_identity = int(images_per_identity)
+        self.seed = int(seed)
+        self.nuisance = nuisance
+        self.identity_offset = int(identity_offset)
+        self.num_members = int(num_members)
+        self.num_nonmembers = int(num_nonmembers)
+        self.references_per_identity = int(references_per_identity)
+        self.num_population_identities = int(num_population_identities)
+        self.split_seed = int(split_seed)
+        self.member_images = member_images
+        self.split_path = split_path
+        self.max_images_per_identity = max_images_per_identity
+        self.balanced = bool(balanced)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = pin_memory
+        self.drop_last = bool(drop_last)
+        if self.batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        self._dataset: IdentityDataset | None = None
+        self._split: IdentitySplit | None = None
+        self._audit: AuditSet | None = None
+        self._train: Dataset | None = None
+        self._train_indices: list[int] | None = None
+
+    # ---- lazily built pieces -------------------------------------------------------------------
+    def _build(self) -> None:
+        if self._dataset is not None:
+            return
+        if self.split_path:
+            split = IdentitySplit.load(self.split_path)
+            dataset = split.open_dataset(resolution=self.resolution)
+        elif self.dataset_arg == "synthetic":
+            if self.member_images is not None:
+                dataset, split = synthetic_split(
+                    self.num_members,
+                    self.num_nonmembers,
+                    int(self.member_images),
+                    references_per_identity=self.references_per_identity,
+                    num_population_identities=self.num_population_identities,
+                    other_images=self.images_per_identity,
+                    num_identities=self.num_identities,
+                    resolution=self.resolution,
+                    seed=self.seed,
+                    identity_offset=self.identity_offset,
+                    nuisance=self.nuisance,
+                    split_seed=self.split_seed,
+                )
+            else:
+                from gmia_defend.data.synthetic import SyntheticFaces
+
+                n = self.num_identities or (self.num_members + self.num_nonmembers + self.num_population_identities)
+                dataset = SyntheticFaces(
+                    n,
+                    self.images_per_identity,
+                    resolution=self.resolution,
+                    seed=self.seed,
+                    identity_offset=self.identity_offset,
+                    nuisance=self.nuisance,
+                )
+                split = self._create_split(dataset)
+        else:
+            from gmia_defend.data.folder import IdentityImageFolder
+
+            dataset = IdentityImageFolder(self.dataset_arg, resolution=self.resolution)
+            split = self._create_split(dataset)
+        split.validate(dataset)
+        if self.max_images_per_identity is not None:
+            split = self._capped(dataset, split)
+        self._dataset, self._split = dataset, split
+
+    def _capped(self, dataset: IdentityDataset, split: IdentitySplit) -> IdentitySplit:
+        """The split with at most ``max_images_per_identity`` training images per member."""
+        cap = int(self.max_images_per_identity)  # type: ignore[arg-type]
+        idx = cap_per_identity(split.train_indices(dataset), dataset.targets, cap, self.split_seed)
+        kept: dict[str, list[str]] = {name: [] for name in split.members}
+        for i in idx:
+            kept[dataset.identities[int(dataset.targets[i])]].append(dataset.keys[i])
+        return split.with_training(kept, max_images_per_identity=cap)
+
+    def _create_split(self, dataset: IdentityDataset) -> IdentitySplit:
+        return IdentitySplit.create(
+            dataset,
+            self.num_members,
+            self.num_nonmembers,
+            references_per_identity=self.references_per_identity,
+            num_population_identities=self.num_population_identities,
+            seed=self.split_seed,
+        )
+
+    @property
+    def dataset(self) -> IdentityDataset:
+        self._build()
+        return self._dataset  # type: ignore[return-value]
+
+    @property
+    def split(self) -> IdentitySplit:
+        self._build()
+        return self._split  # type: ignore[return-value]
+
+    @property
+    def audit_set(self) -> AuditSet:
+        """Reference images of member / non-member identities (+ population), built once."""
+        if self._audit is None:
+            self._audit = AuditSet.from_split(self.dataset, self.split)
+        return self._audit
+
+    @property
+    def train_indices(self) -> list[int]:
+        """Dataset indices of the training images (after any per-identity cap)."""
+        if self._train_indices is None:
+            self._train_indices = self.split.train_indices(self.dataset)
+        return self._train_indices
+
+    @property
+    def train_counts(self) -> dict[str, int]:
+        """Training images per member identity."""
+        return self.split.train_counts
+
+    @property
+    def num_train_images(self) -> int:
+        return len(self.train_indices)
+
+    @property
+    def train_dataset(self) -> Dataset:
+        if self._train is None:
+            idx = self.train_indices
+            if not idx:
+                raise DataError("the training set is empty; check the split and max_images_per_identity")
+            from gmia_defend.data.synthetic import SyntheticFaces
+
+            if isinstance(self.dataset, SyntheticFaces):  # render once: far faster than per item
+                images = self.dataset.load(idx)
+                self._train = PrerenderedImages(images, self.dataset.targets[torch.as_tensor(idx)])
+            else:
+                self._train = IndexedImages(self.dataset, idx)
+        return self._train
+
+    # ---- Lightning hooks -----------------------------------------------------------------------
+    def prepare_data(self) -> None:  # nothing to download
+        pass
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            _ = self.train_dataset
+
+    def train_dataloader(self) -> DataLoader:
+        data = self.train_dataset
+        if self.drop_last and len(data) < self.batch_size:
+            raise DataError(
+                f"only {len(data)} training images but batch_size={self.batch_size} with drop_last: no "
+                "batch would be produced; lower batch_size or add member identities/images"
+            )
+        pin = torch.cuda.is_available() if self.pin_memory is None else bool(self.pin_memory)
+        common: dict[str, Any] = dict(
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=pin,
+            drop_last=self.drop_last,
+            persistent_workers=self.num_workers > 0,
+        )
+        if self.balanced:
+            labels = data.labels  # type: ignore[attr-defined]
+            sampler = IdentityBalancedSampler(labels, num_samples=len(data), seed=self.split_seed)
+            return DataLoader(data, sampler=sampler, **common)
+        g = torch.Generator().manual_seed(self.split_seed)
+        return DataLoader(data, shuffle=True, generator=g, **common)
+
+    # ---- outputs -------------------------------------------------------------------------------
+    def save_split(self, run_dir: str | os.PathLike) -> Path:
+        """Write ``<run_dir>/split.json``: exactly what is trained on and what is audited."""
+        return self.split.save(Path(run_dir) / "split.json")
+
+    def split_hash(self) -> str:
+        """Short hash of the split, stored in checkpoints to detect resuming on other data."""
+        text = json.dumps(self.split.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"split_hash": self.split_hash(), "dataset_fingerprint": self.split.dataset_fingerprint}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        expected = state.get("split_hash")
+        if expected and expected != self.split_hash():
+            raise DataError(
+                "the checkpoint was trained on another identity split than this datamodule builds "
+                f"(split hash {expected} vs {self.split_hash()}); resume with the same data arguments "
+                "or pass split_path=<run>/split.json"
+            )
