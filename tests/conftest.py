@@ -22,6 +22,14 @@ _HERE = Path(__file__).parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
+_owner: dict[str, str] = {}
 for _path in sorted(_HERE.glob("_fixtures_*.py")):
     _module = importlib.import_module(_path.stem)
-    globals().update({k: v for k, v in vars(_module).items() if not k.startswith("_")})
+    for _name, _value in vars(_module).items():
+        if _name.startswith("_") or not hasattr(_value, "_fixture_function_marker"):
+            continue
+        if _name in _owner:
+            raise RuntimeError(f"fixture {_name!r} is defined in both {_owner[_name]} and {_path.name}; "
+                               "rename one")
+        _owner[_name] = _path.name
+        globals()[_name] = _value
