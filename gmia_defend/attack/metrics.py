@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["roc_curve", "roc_auc", "tpr_at_fpr", "advantage", "bootstrap_auc_ci"]
+__all__ = ["roc_curve", "roc_auc", "tpr_at_fpr", "advantage", "bootstrap_auc_ci", "membership_metrics"]
 
 # Bootstrap with a dense (positives x negatives) comparison matrix up to this many cells.
 _DENSE_PAIRS = 4_000_000
@@ -122,3 +122,16 @@ def bootstrap_auc_ci(
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(aucs, [alpha, 1.0 - alpha])
     return float(low), float(high)
+
+
+def membership_metrics(scores: Any, labels: Any, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, float]:
+    """The DESIGN.md ``leakage/*`` metrics of one score (all but ``leak_rate``)."""
+    low, high = bootstrap_auc_ci(scores, labels, n_bootstrap=n_bootstrap, seed=seed)
+    return {
+        "leakage/auc": roc_auc(scores, labels),
+        "leakage/tpr_at_1pct_fpr": tpr_at_fpr(scores, labels, 0.01),
+        "leakage/tpr_at_0.1pct_fpr": tpr_at_fpr(scores, labels, 0.001),
+        "leakage/advantage": advantage(scores, labels),
+        "leakage/auc_ci_low": low,
+        "leakage/auc_ci_high": high,
+    }

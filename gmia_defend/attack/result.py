@@ -1,0 +1,181 @@
+"""AttackResult: metrics, a per-identity table, evidence images; JSON and an evidence grid.
+
+``leakage/leak_rate`` = mean over member identities of their match rate minus the mean over
+non-member identities of theirs, where an identity's match rate is the share of the N generated
+samples matched to it (nearest audited identity and similarity >= verification threshold; see
+``scores``). Equivalently: the share of generated samples matched to *some* member, divided by the
+number of members, minus the same for non-members. Dividing by the identity counts makes sides of
+different sizes comparable; 0 means the generator produces member faces no more often than faces
+of people it never saw; a memoriser of M member identities reaches about 1/M.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from gmia_defend.io import atomic_write, write_json_atomic
+
+__all__ = ["AttackResult", "EmbedderReport", "WORST_CASE_KEYS"]
+
+# Metrics whose maximum over embedders is the reported worst case.
+WORST_CASE_KEYS = ("leakage/auc", "leakage/tpr_at_1pct_fpr", "leakage/tpr_at_0.1pct_fpr",
+                   "leakage/advantage", "leakage/leak_rate")
+
+
+@dataclass
+class EmbedderReport:
+    """What one embedder saw: metrics with plain ``leakage/...`` keys, identity table, evidence."""
+
+    name: str
+    metrics: dict[str, float]
+    identities: list[dict]
+    evidence: list[dict]
+    threshold: float
+    threshold_source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "metrics": dict(self.metrics), "threshold": self.threshold,
+                "threshold_source": self.threshold_source, "identities": self.identities,
+                "evidence": [_evidence_json(e) for e in self.evidence]}
+
+
+def _evidence_json(entry: dict) -> dict:
+    return {k: v for k, v in entry.items() if not isinstance(v, Tensor)}
+
+
+@dataclass
+class AttackResult:
+    """Outcome of ``IdentityMembershipAttack.run``.
+
+    ``metrics`` is flat ``{key: float}``: DESIGN.md keys; with several embedders also
+    ``leakage/<name>/<metric>`` and the plain keys hold the worst case (``worst_embedder``).
+    ``identities`` and ``evidence`` are the worst embedder's. Evidence entries hold tensors
+    ``reference`` [3,H,W] and ``images`` [n,3,H,W] in [-1, 1] (not written to JSON).
+    """
+
+    metrics: dict[str, float]
+    identities: list[dict]
+    evidence: list[dict]
+    num_samples: int
+    embedder_name: str
+    worst_embedder: str
+    score: str
+    top_k: int
+    seed: int
+    embedders: dict[str, EmbedderReport] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = math.nan
+
+    @classmethod
+    def from_reports(cls, reports: list[EmbedderReport], **kwargs: Any) -> "AttackResult":
+        """Combine per-embedder reports: one -> plain keys; several -> prefixed keys + worst case."""
+        if len(reports) == 1:
+            worst = reports[0]
+            metrics = dict(worst.metrics)
+        else:
+            worst = max(reports, key=lambda r: _nan_low(r.metrics.get("leakage/auc")))
+            metrics = {}
+            for r in reports:
+                for key, value in r.metrics.items():
+                    metrics[key.replace("leakage/", f"leakage/{r.name}/", 1)] = value
+            for key, value in worst.metrics.items():
+                metrics[key] = value
+            for key in WORST_CASE_KEYS:
+                values = [r.metrics.get(key, math.nan) for r in reports]
+                finite = [v for v in values if v is not None and math.isfinite(v)]
+                metrics[key] = max(finite) if finite else math.nan
+        return cls(metrics=metrics, identities=worst.identities, evidence=worst.evidence,
+                   embedder_name=worst.name, worst_embedder=worst.name,
+                   embedders={r.name: r for r in reports}, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metrics": dict(self.metrics),
+            "num_samples": self.num_samples,
+            "embedder_name": self.embedder_name,
+            "worst_embedder": self.worst_embedder,
+            "score": self.score,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "elapsed_s": self.elapsed_s,
+            "config": dict(self.config),
+            "identities": self.identities,
+            "evidence": [_evidence_json(e) for e in self.evidence],
+            "embedders": {name: r.to_dict() for name, r in self.embedders.items()},
+        }
+
+    def save_json(self, path: str | Path) -> Path:
+        """Write ``to_dict()`` atomically (NaN becomes null)."""
+        return write_json_atomic(path, self.to_dict())
+
+    def save_evidence_png(self, path: str | Path, max_identities: int | None = None) -> Path:
+        """Grid: per most-leaked member identity, its reference photo beside its nearest generated faces.
+
+        One mosaic image (red frame = held-out reference photo), captions with score, training-image
+        count and similarities; one matplotlib axes, so it renders in well under a second.
+        """
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        rows = [e for e in self.evidence if isinstance(e.get("reference"), Tensor)]
+        if max_identities is not None:
+            rows = rows[:max_identities]
+        if not rows:
+            raise ValueError("this result holds no evidence images (run the attack with evidence_identities > 0)")
+        mosaic, tile, cap, pad, cols = _mosaic(rows)
+        fig = Figure(figsize=(1.25 * cols, 1.45 * len(rows) + 0.4), dpi=110)
+        FigureCanvasAgg(fig)
+        ax = fig.add_axes((0.0, 0.0, 1.0, 1.0 - 0.35 / fig.get_figheight()))
+        ax.imshow(mosaic, interpolation="nearest")
+        ax.set_axis_off()
+        step = tile + pad
+        for r, entry in enumerate(rows):
+            y = r * (tile + cap + pad) + cap - 1
+            captions = [f"{entry['identity']}\nscore {entry['score']:.3g}, train {entry.get('train_count', 0)}"]
+            captions += [f"sim {s:.2f}" + (" *" if s >= entry.get("threshold", math.inf) else "")
+                         for s in entry["similarities"]]
+            for c, text in enumerate(captions):
+                ax.text(pad + c * step + tile / 2, y, text, ha="center", va="bottom", fontsize=6)
+        fig.suptitle(f"Nearest generated faces of the most leaked member identities ({self.embedder_name}, "
+                     f"AUC {self.metrics.get('leakage/auc', math.nan):.3f}, N={self.num_samples}); red frame: "
+                     "held-out reference, * = similarity >= verification threshold", fontsize=6, y=0.998, va="top")
+        return atomic_write(path, lambda p: fig.savefig(p, format="png"))
+
+
+def _mosaic(rows: list[dict]) -> tuple[np.ndarray, int, int, int, int]:
+    """White canvas with one row of tiles per identity (reference first, framed red) + caption bands."""
+    import torch.nn.functional as F
+
+    side = max(int(t.shape[-1]) for e in rows for t in [e["reference"], *e["images"]])
+    tile = max(side, 64)
+    cap, pad = tile // 3, max(tile // 16, 2)
+    cols = 1 + max(int(e["images"].shape[0]) for e in rows)
+    height = len(rows) * (tile + cap + pad) + pad
+    width = cols * (tile + pad) + pad
+    canvas = np.ones((height, width, 3), dtype=np.float32)
+    for r, entry in enumerate(rows):
+        tiles = [entry["reference"], *entry["images"]]
+        y = r * (tile + cap + pad) + cap
+        for c, img in enumerate(tiles):
+            t = img.detach().float().cpu().clamp(-1, 1)[None]
+            t = F.interpolate(t, size=(tile, tile), mode="nearest" if tile % t.shape[-1] == 0 else "bilinear")
+            x = pad + c * (tile + pad)
+            canvas[y:y + tile, x:x + tile] = ((t[0] + 1) / 2).permute(1, 2, 0).numpy()
+            if c == 0:
+                b = max(tile // 32, 2)
+                red = np.array([0.85, 0.1, 0.1], dtype=np.float32)
+                canvas[y:y + b, x:x + tile] = red
+                canvas[y + tile - b:y + tile, x:x + tile] = red
+                canvas[y:y + tile, x:x + b] = red
+                canvas[y:y + tile, x + tile - b:x + tile] = red
+    return canvas, tile, cap, pad, cols
+
+
+def _nan_low(value: Any) -> float:
+    return value if isinstance(value, (float, int, np.floating)) and math.isfinite(value) else -math.inf

@@ -1,0 +1,232 @@
+"""Per-identity attack statistics, streamed over generated batches in memory independent of N.
+
+Definitions (one audited identity i with reference embeddings r_1..r_R, one generated embedding g):
+
+- **similarity** ``s_i(g)``: with ``reduction="mean"`` (the default) the mean cosine similarity
+  of g to i's references, ``mean_r <g, r>`` = ``<g, mean_r r>``: one matmul against a template per
+  identity, and, because a mean of pair similarities varies less than one pair similarity, an
+  impostor exceeds a threshold calibrated on image pairs *less* often than the pair FAR, so matches
+  stay conservative. ``reduction="max"`` (closest reference) is more sensitive to one odd reference
+  photo and inflates false matches about R-fold; it is offered for comparison.
+- **match**: g matches i iff i is g's nearest audited identity (argmax of ``s_i(g)`` over all
+  member and non-member identities) *and* ``s_i(g) >= threshold`` (the embedder's verification
+  threshold). Each generated sample matches at most one identity, so match counts are shares of
+  the generated samples.
+- **streaming statistics** per identity: running max similarity, running sum (mean) similarity,
+  match count, and the top-K similarities with the indices of the generated samples that gave them
+  (K = max(top_k, evidence neighbours); the evidence images are regenerated from those latent
+  indices at the end, so no image is kept).
+- **calibrated score**: match frequency divided by the identity's baseline frequency among real
+  photos of non-training (population) identities, Laplace-smoothed:
+  ``(matches / N) / ((population_matches + 1) / (P + 1))``. Identities that look "average" and
+  match many real strangers are discounted; with no population it equals the match frequency.
+
+State is a dict of tensors (``state_dict``); shards merge exactly (``merge_state_dicts``): sums
+add, maxima take the max, top-K lists are merged and re-cut.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "IdentitySimilarity",
+    "StreamingIdentityStats",
+    "match_counts",
+    "calibrated_scores",
+    "threshold_from_impostors",
+    "merge_state_dicts",
+    "all_gather_reduce",
+    "SCORE_NAMES",
+]
+
+SCORE_NAMES = ("topk_mean", "max_sim", "match_rate", "calibrated", "mean_sim")
+_SUM_FIELDS = ("count", "sum_sim", "matches")
+_MAX_FIELDS = ("max_sim",)
+_TOPK_FIELDS = ("topk_sim", "topk_idx")
+
+
+class IdentitySimilarity:
+    """Maps embeddings [B, d] to similarities [B, I] against each identity's references."""
+
+    def __init__(self, ref_embeddings: Tensor, ref_labels: Tensor, num_identities: int,
+                 reduction: str = "mean") -> None:
+        if reduction not in ("mean", "max"):
+            raise ValueError(f"reduction must be 'mean' or 'max', got {reduction!r}")
+        ref_labels = ref_labels.to(ref_embeddings.device, torch.long)
+        counts = torch.bincount(ref_labels, minlength=num_identities)
+        if counts.numel() != num_identities or bool((counts == 0).any()):
+            raise ValueError("every identity needs at least one reference embedding")
+        self.reduction = reduction
+        self.num_identities = num_identities
+        ref = ref_embeddings.float()
+        if reduction == "mean":
+            sums = torch.zeros(num_identities, ref.shape[1], device=ref.device).index_add_(0, ref_labels, ref)
+            self.templates = sums / counts[:, None].float()
+        else:
+            self.references, self.labels = ref, ref_labels
+
+    def __call__(self, embeddings: Tensor) -> Tensor:
+        e = embeddings.float()
+        if self.reduction == "mean":
+            return e @ self.templates.T
+        pair = e @ self.references.T
+        out = torch.full((e.shape[0], self.num_identities), -torch.inf, device=e.device)
+        return out.scatter_reduce_(1, self.labels.expand_as(pair), pair, reduce="amax")
+
+
+def match_counts(similarities: Tensor, threshold: float) -> Tensor:
+    """Per identity, how many rows have it as nearest identity with similarity >= threshold."""
+    best, nearest = similarities.max(dim=1)
+    return torch.bincount(nearest[best >= threshold], minlength=similarities.shape[1])
+
+
+def calibrated_scores(matches: np.ndarray, num_samples: int, population_matches: np.ndarray,
+                      num_population: int) -> np.ndarray:
+    """Match frequency over the Laplace-smoothed population baseline frequency (see module doc)."""
+    freq = np.asarray(matches, dtype=np.float64) / max(num_samples, 1)
+    baseline = (np.asarray(population_matches, dtype=np.float64) + 1.0) / (num_population + 1.0)
+    return freq / baseline
+
+
+def threshold_from_impostors(embeddings: Tensor, labels: Tensor, far: float = 1e-3,
+                             max_images: int = 4000, seed: int = 0) -> float:
+    """Cosine threshold accepting a fraction ``far`` of impostor pairs (different labels).
+
+    Used when an embedder carries no calibrated threshold: computed on the audit's real reference
+    photos. At most ``max_images`` images (a seeded subsample) keep the pair matrix small.
+    """
+    e, y = embeddings.float(), labels.long().to(embeddings.device)
+    if e.shape[0] > max_images:
+        keep = torch.randperm(e.shape[0], generator=torch.Generator().manual_seed(seed))[:max_images]
+        e, y = e[keep.to(e.device)], y[keep.to(e.device)]
+    sims = e @ e.T
+    upper = torch.triu(torch.ones_like(sims, dtype=torch.bool), diagonal=1)
+    impostor = sims[upper & (y[:, None] != y[None, :])].double().cpu().numpy()
+    if impostor.size == 0:
+        raise ValueError("need references of at least two identities to calibrate a threshold")
+    return float(np.quantile(impostor, 1.0 - far, method="higher"))
+
+
+class StreamingIdentityStats:
+    """Running per-identity statistics of generated samples (see module doc for definitions)."""
+
+    def __init__(self, num_identities: int, keep: int, threshold: float,
+                 device: torch.device | str = "cpu") -> None:
+        if keep < 1:
+            raise ValueError("keep must be >= 1")
+        self.num_identities, self.keep, self.threshold = num_identities, keep, float(threshold)
+        dev = torch.device(device)
+        self.count = torch.zeros((), dtype=torch.long, device=dev)
+        self.max_sim = torch.full((num_identities,), -torch.inf, device=dev)
+        self.sum_sim = torch.zeros(num_identities, dtype=torch.float64, device=dev)
+        self.matches = torch.zeros(num_identities, dtype=torch.long, device=dev)
+        self.topk_sim = torch.full((num_identities, keep), -torch.inf, device=dev)
+        self.topk_idx = torch.full((num_identities, keep), -1, dtype=torch.long, device=dev)
+
+    def update(self, similarities: Tensor, sample_index: Tensor) -> None:
+        """Add a batch: ``similarities`` [B, I], ``sample_index`` [B] global latent indices."""
+        s = similarities.float()
+        idx = sample_index.to(s.device, torch.long)
+        self.count += s.shape[0]
+        self.max_sim = torch.maximum(self.max_sim, s.max(dim=0).values)
+        self.sum_sim += s.sum(dim=0, dtype=torch.float64)
+        self.matches += match_counts(s, self.threshold)
+        self.topk_sim, self.topk_idx = _merge_topk(
+            self.topk_sim, self.topk_idx, s.T, idx.expand(s.shape[1], -1), self.keep)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"count": self.count, "max_sim": self.max_sim, "sum_sim": self.sum_sim,
+                "matches": self.matches, "topk_sim": self.topk_sim, "topk_idx": self.topk_idx}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        for key in ("count", "max_sim", "sum_sim", "matches", "topk_sim", "topk_idx"):
+            old = getattr(self, key)
+            setattr(self, key, state[key].to(old.device, old.dtype).reshape(old.shape))
+
+    def merge(self, other: "StreamingIdentityStats") -> "StreamingIdentityStats":
+        """Fold another shard's statistics into this one (in place) and return self."""
+        self.load_state_dict(merge_state_dicts([self.state_dict(), other.state_dict()]))
+        return self
+
+    def summary(self, top_k: int) -> dict[str, np.ndarray]:
+        """Per-identity numpy arrays: max_sim, topk_mean, mean_sim, matches, match_rate."""
+        n = int(self.count)
+        k = min(top_k, self.keep)
+        top = self.topk_sim[:, :k].double()
+        valid = self.topk_idx[:, :k] >= 0
+        topk_mean = torch.where(valid, top, torch.zeros_like(top)).sum(1) / valid.sum(1).clamp(min=1)
+        return {
+            "max_sim": self.max_sim.double().cpu().numpy(),
+            "topk_mean": topk_mean.cpu().numpy(),
+            "mean_sim": (self.sum_sim / max(n, 1)).cpu().numpy(),
+            "matches": self.matches.cpu().numpy(),
+            "match_rate": (self.matches.double() / max(n, 1)).cpu().numpy(),
+        }
+
+    def nearest(self, identity: int, n: int) -> tuple[list[int], list[float]]:
+        """Latent indices and similarities of the ``n`` nearest generated samples of an identity."""
+        idx = self.topk_idx[identity, :n].tolist()
+        sim = self.topk_sim[identity, :n].tolist()
+        pairs = [(i, s) for i, s in zip(idx, sim) if i >= 0]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _merge_topk(sim_a: Tensor, idx_a: Tensor, sim_b: Tensor, idx_b: Tensor, keep: int) -> tuple[Tensor, Tensor]:
+    sims = torch.cat([sim_a, sim_b.to(sim_a.dtype)], dim=1)
+    idxs = torch.cat([idx_a, idx_b.to(idx_a.device)], dim=1)
+    top, pos = sims.topk(min(keep, sims.shape[1]), dim=1)
+    return top, idxs.gather(1, pos)
+
+
+def _field(key: str) -> str:
+    return key.replace("/", ".").rsplit(".", 1)[-1]
+
+
+def merge_state_dicts(states: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Merge shard state dicts; keys may carry a prefix (``"trained.max_sim"``) before the field."""
+    if not states:
+        raise ValueError("nothing to merge")
+    out: dict[str, Tensor] = {}
+    for key in states[0]:
+        field = _field(key)
+        values = [s[key] for s in states]
+        if field in _SUM_FIELDS:
+            out[key] = torch.stack([v.to(values[0].device) for v in values]).sum(0)
+        elif field in _MAX_FIELDS:
+            out[key] = torch.stack([v.to(values[0].device) for v in values]).amax(0)
+        elif field == "topk_sim":
+            continue  # merged together with topk_idx below
+        elif field == "topk_idx":
+            sim_key = key[: len(key) - len("topk_idx")] + "topk_sim"
+            sims = [s[sim_key] for s in states]
+            keep = sims[0].shape[1]
+            dev = sims[0].device
+            top_sim, top_idx = sims[0], values[0]
+            for s2, i2 in zip(sims[1:], values[1:]):
+                top_sim, top_idx = _merge_topk(top_sim, top_idx, s2.to(dev), i2.to(dev), keep)
+            out[sim_key], out[key] = top_sim, top_idx
+        else:
+            raise KeyError(f"unknown statistics field {key!r}")
+    return {key: out[key] for key in states[0]}
+
+
+def all_gather_reduce(all_gather: Callable[[Tensor], Tensor], world_size: int) -> Callable[[dict], dict]:
+    """Build the attack's ``reduce`` hook from an all-gather (e.g. ``pl_module.all_gather``).
+
+    ``all_gather(t)`` must return the tensors of all ranks stacked on a new first dimension (as
+    Lightning does when ``world_size > 1``). Every rank ends up with the same merged statistics.
+    """
+
+    def reduce(state: dict[str, Tensor]) -> dict[str, Tensor]:
+        if world_size <= 1:
+            return dict(state)
+        gathered = {k: all_gather(v) for k, v in state.items()}
+        shards = [{k: v[r] for k, v in gathered.items()} for r in range(world_size)]
+        return merge_state_dicts(shards)
+
+    return reduce
