@@ -9,6 +9,8 @@ _EXPORTS = {
     "TrainedEmbedder": "trained",
     "train_identity_embedder": "trained",
     "load_embedder": "registry",
+    "load_embedders": "registry",
+    "verification_metrics": "verification",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

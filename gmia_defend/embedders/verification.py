@@ -112,10 +112,12 @@ def roc_auc_from_pairs(genuine: torch.Tensor, impostor: torch.Tensor) -> float:
 
 
 def threshold_at_far(impostor: torch.Tensor, far: float) -> float:
-    """Smallest threshold with at most ``floor(far * n)`` impostor pairs at ``sim >= threshold``.
+    """A threshold with at most ``floor(far * n)`` impostor pairs at ``sim >= threshold``.
 
     So the false-accept rate on these pairs is ``<= far`` (exactly ``far`` up to ties and rounding).
-    If ``far * n < 1`` no false accept is allowed and the threshold sits just above the top impostor.
+    The threshold lies midway between the largest rejected impostor similarity and the next larger
+    one (1e-6 above it when none is accepted), so float32 / float16 similarity arithmetic elsewhere
+    does not flip pairs at the boundary. If ``far * n < 1`` no false accept is allowed.
     """
     if not 0.0 < far < 1.0:
         raise ValueError(f"far must be in (0, 1); got {far}")
@@ -124,9 +126,12 @@ def threshold_at_far(impostor: torch.Tensor, far: float) -> float:
         raise DataError("no impostor pairs to set a verification threshold; use images of 2+ identities")
     k = int(math.floor(far * imp.numel() + 1e-9))
     k = min(k, imp.numel() - 1)
-    # The (k+1)-th largest impostor similarity; the threshold lies just above it.
-    kth = torch.topk(imp, k + 1).values[-1].item()
-    return float(math.nextafter(kth, math.inf))
+    top = torch.topk(imp, k + 1).values  # descending; top[k] is the largest rejected similarity
+    rejected = top[k].item()
+    above = top[:k][top[:k] > rejected]
+    if above.numel():
+        return float((rejected + above.min().item()) / 2)
+    return float(rejected + 1e-6)
 
 
 def verification_metrics(
