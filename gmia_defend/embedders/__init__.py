@@ -7,6 +7,7 @@ _EXPORTS = {
     "FaceNetEmbedder": "facenet",
     "DlibResNetEmbedder": "dlib",
     "TrainedEmbedder": "trained",
+    "PixelEmbedder": "pixels",
     "train_identity_embedder": "trained",
     "load_embedder": "registry",
     "load_embedders": "registry",

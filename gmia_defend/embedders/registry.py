@@ -2,7 +2,8 @@
 
 Specs: ``"synthetic"`` (or ``"synthetic:<resolution>"``; the default embedder for SyntheticFaces,
 trained once and cached), a path to a saved ``TrainedEmbedder`` (.pt), ``"facenet"`` /
-``"facenet:<weights path>"``, ``"dlib"`` / ``"dlib:<.dat or converted .pt path>"``. An ``Embedder``
+``"facenet:<weights path>"``, ``"dlib"`` / ``"dlib:<.dat or converted .pt path>"``, ``"pixels"``
+(the GAN-Leaks-style pixel-space baseline). An ``Embedder``
 instance is returned as it is (moved to ``device``).
 """
 
@@ -18,7 +19,7 @@ from gmia_defend.embedders.base import Embedder
 from gmia_defend.errors import UserError, WeightsError
 
 VALID_SPECS = ("'synthetic'", "'synthetic:<resolution>'", "'<path/to/embedder.pt>'", "'facenet'",
-               "'facenet:<weights.pt>'", "'dlib'", "'dlib:<weights .dat or .pt>'")
+               "'facenet:<weights.pt>'", "'dlib'", "'dlib:<weights .dat or .pt>'", "'pixels'", "'pixels:<resolution>'")
 
 
 def _valid_forms() -> str:
@@ -68,6 +69,15 @@ def _from_string(spec: str) -> Embedder:
             raise UserError(f"bad embedder spec {spec!r}: the resolution after 'synthetic:' must be an "
                             f"integer; {_valid_forms()}") from None
         return train_identity_embedder(resolution=resolution).cpu()
+    if kind_l == "pixels":
+        from gmia_defend.embedders.pixels import PixelEmbedder
+
+        if not sep:
+            return PixelEmbedder()
+        if not arg.isdigit():
+            raise UserError(f"bad embedder spec {spec!r}: the resolution after 'pixels:' must be an "
+                            f"integer; {_valid_forms()}")
+        return PixelEmbedder(int(arg))
     if kind_l == "facenet":
         cls = _import_embedder_class("facenet", "FaceNetEmbedder", "facenet-pytorch==2.5.3")
         return cls(weights=_weights_path("FaceNet", arg)) if sep else cls()
