@@ -6,8 +6,10 @@ test file can use them.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -16,7 +18,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 # Caches (converted weights, trained embedders) go to a throwaway folder, never the user's home.
-os.environ.setdefault("GMIA_CACHE", tempfile.mkdtemp(prefix="gmia-test-cache-"))
+if "GMIA_CACHE" not in os.environ:
+    os.environ["GMIA_CACHE"] = tempfile.mkdtemp(prefix="gmia-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["GMIA_CACHE"], ignore_errors=True)
 
 _HERE = Path(__file__).parent
 if str(_HERE) not in sys.path:
