@@ -100,6 +100,8 @@ def test_private_d_hook_replaces_the_discriminator_update(tmp_path, tiny_stylega
     class FakePrivateD:
         """Stands in for the DP step: per-sample losses, one step through the module's D optimizer."""
 
+        expected_images_per_step = 4.0
+
         def step(self, module, real, labels, fake):
             calls.append((tuple(real.shape), None if labels is None else tuple(labels.shape), tuple(fake.shape)))
             loss = module.d_loss_per_sample(module.D, real, fake)
@@ -117,6 +119,9 @@ def test_private_d_hook_replaces_the_discriminator_update(tmp_path, tiny_stylega
     assert trainer.global_step == 4 and int(model.batches_seen) == 2
     assert "dp/loss" in trainer.callback_metrics
     assert "loss/r1_penalty" not in trainer.callback_metrics  # the built-in D step did not run
+    # The private batch size never reaches the image count: it advances by the expected size.
+    assert int(model.images_seen) == 8
+    assert not (tmp_path / "samples" / "reals.png").exists()  # no grid of private training images
 
 
 def test_mixed_precision_step_is_finite(tmp_path, tiny_stylegan2_kwargs):

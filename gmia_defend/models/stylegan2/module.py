@@ -184,25 +184,30 @@ class StyleGAN2(pl.LightningModule):
         real, labels = self._unpack(batch)
         n = real.shape[0]
         batch_no = int(self.batches_seen.item())
-        if batch_no == 0 and self._is_global_zero():
+        world = self.trainer.world_size if self._trainer is not None else 1
+        private = self.private_d is not None
+        # Under DP the (Poisson) batch size is itself private: the generator step, the image count
+        # and the EMA use the expected batch size, and no grid of training images is written.
+        n_g = max(1, round(self.private_d.expected_images_per_step)) if private else n
+        if batch_no == 0 and self._is_global_zero() and not private and n > 0:
             self._save_grid(real[: self.hparams.sample_grid ** 2], "reals.png")
 
         with torch.no_grad():
-            fake, _ = self._run_generator(n)
-        if self.private_d is not None:
+            fake, _ = self._run_generator(max(n, 1))
+        if private:
             d_logs = self.private_d.step(self, real, labels, fake)
         else:
             d_logs = self.discriminator_step(real, fake, batch_no)
-        g_logs = self.generator_step(n, batch_no)
+        g_logs = self.generator_step(n_g, batch_no)
 
-        world = self.trainer.world_size if self._trainer is not None else 1
-        self.images_seen += n * world
+        seen = n_g if private else n * world
+        self.images_seen += seen
         self.batches_seen += 1
-        self._update_ema(n * world)
+        self._update_ema(seen)
         logs = {**(d_logs or {}), **g_logs, "progress/kimg": self.kimg}
         logs = {k: v.detach().float() if torch.is_tensor(v) else float(v) for k, v in logs.items()}
-        self.log_dict(logs, prog_bar=False, batch_size=n)
-        self.log("kimg", self.kimg, prog_bar=True, logger=False, batch_size=n)
+        self.log_dict(logs, prog_bar=False, batch_size=max(n_g, 1))
+        self.log("kimg", self.kimg, prog_bar=True, logger=False, batch_size=max(n_g, 1))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         every = self.hparams.sample_every_n_batches
