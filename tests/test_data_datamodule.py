@@ -87,3 +87,21 @@ def test_arguments_parse_from_yaml_like_config() -> None:
     dm = instantiate(cfg).data
     assert isinstance(dm, IdentityDataModule) and dm.member_images == 30 and dm.balanced is True
     assert dm.split.train_counts == {n: 30 for n in dm.split.members}
+
+
+def test_member_image_budget_holds_the_total_fixed():
+    import pytest
+
+    from gmia_defend.data import IdentityDataModule
+    from gmia_defend.errors import DataError
+
+    few = IdentityDataModule(num_members=4, member_image_budget=120, num_nonmembers=4, num_population_identities=0,
+                             images_per_identity=6, references_per_identity=2)
+    many = IdentityDataModule(num_members=12, member_image_budget=120, num_nonmembers=4,
+                              num_population_identities=0, images_per_identity=6, references_per_identity=2)
+    assert few.num_train_images == many.num_train_images == 120
+    assert set(few.train_counts.values()) == {30} and set(many.train_counts.values()) == {10}
+    with pytest.raises(DataError, match="either member_images or member_image_budget"):
+        IdentityDataModule(num_members=4, member_images=10, member_image_budget=40)
+    with pytest.raises(DataError, match="smaller than num_members"):
+        IdentityDataModule(num_members=8, member_image_budget=4)

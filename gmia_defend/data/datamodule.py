@@ -76,6 +76,9 @@ class IdentityDataModule(pl.LightningDataModule):
         split_seed: seed of the identity split.
         member_images: synthetic only: training images per member identity (over-representation);
             non-member and population identities then get ``images_per_identity`` images.
+        member_image_budget: synthetic only: total training images shared equally by the members
+            (``member_images = budget // num_members``): sweeping ``num_members`` at a fixed budget
+            trades diversity against frequency, as in the paper.
         split_path: load this split.json instead of creating one (its dataset spec is used).
         max_images_per_identity: cap training images per member identity (None: no cap).
         balanced: draw identities uniformly, then an image (identity-balanced sampling).
@@ -98,6 +101,7 @@ class IdentityDataModule(pl.LightningDataModule):
         num_population_identities: int = 64,
         split_seed: int = 0,
         member_images: int | None = None,
+        member_image_budget: int | None = None,
         split_path: str | None = None,
         max_images_per_identity: int | None = None,
         balanced: bool = False,
@@ -120,6 +124,14 @@ class IdentityDataModule(pl.LightningDataModule):
         self.references_per_identity = int(references_per_identity)
         self.num_population_identities = int(num_population_identities)
         self.split_seed = int(split_seed)
+        if member_image_budget is not None:
+            if member_images is not None:
+                raise DataError("give either member_images or member_image_budget, not both")
+            if int(member_image_budget) < int(num_members):
+                raise DataError(f"member_image_budget={member_image_budget} is smaller than num_members="
+                                f"{num_members}: every member needs at least one training image; raise the "
+                                "budget or lower num_members")
+            member_images = int(member_image_budget) // int(num_members)
         self.member_images = member_images
         self.split_path = split_path
         self.max_images_per_identity = max_images_per_identity
