@@ -60,9 +60,12 @@ def test_format_value_matches_cli_syntax():
 
 
 def test_shipped_sweep_configs_parse():
-    for path in sorted(Path(__file__).parents[1].glob("configs/sweeps/*.yaml")):
-        config = SweepConfig.load(path)
-        assert len(config.runs()) >= 2, path
+    root = Path(__file__).parents[1] / "configs" / "sweeps"
+    for name in ("diversity", "duration", "dp"):
+        config = SweepConfig.load(root / f"{name}.yaml")
+        runs = config.runs()
+        assert len(runs) >= 3, name
+        assert all("fit" in r.command and "configs/sweeps/audited.yaml" in r.command for r in runs)
 
 
 def test_run_resume_collect_and_plot(tmp_path):
