@@ -1,0 +1,105 @@
+"""``gmia-defend report RUN_DIR``: figures and the release decision from a run's ``audits.jsonl`` alone.
+
+Writes ``leakage_vs_kimg.png`` (with the bootstrap band), ``quality_vs_kimg.png``,
+``leakage_vs_quality.png`` (release marked) and ``identities.png`` (per-identity score vs
+training-image count) to ``RUN_DIR/report`` (or ``--out``), plus ``release_decision.json``, and
+prints the release decision. Budget and metric default to the run's ``release.json`` when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from gmia_defend.errors import UserError
+from gmia_defend.io import read_jsonl, write_json_atomic
+from gmia_defend.report.release import DEFAULT_BUDGET, DEFAULT_METRIC, select_release, successful_audits
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="the run folder (holding audits.jsonl, possibly in a subfolder)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help=f"largest acceptable leakage (default: the run's release.json, else {DEFAULT_BUDGET})")
+    parser.add_argument("--metric", default=None,
+                        help=f"leakage metric compared with the budget (default: release.json's, else {DEFAULT_METRIC}; "
+                             "leakage/auc_ci_high is the conservative choice)")
+    parser.add_argument("--quality-metric", default=None, help="quality key to minimise (default: found in the audits)")
+    parser.add_argument("--min-kimg", type=float, default=None, help="never release audits before this kimg")
+    parser.add_argument("--out", default=None, help="folder for the figures (default: RUN_DIR/report)")
+
+
+def find_audits(run_dir: Path) -> Path:
+    """``run_dir/audits.jsonl``, else the newest one below it (loggers may nest run folders)."""
+    if run_dir.is_file() and run_dir.name.endswith(".jsonl"):
+        return run_dir
+    if not run_dir.is_dir():
+        raise UserError(f"run folder not found: {run_dir}; pass the folder a training run wrote "
+                        "(its trainer.default_root_dir or the monitor's run_dir)")
+    direct = run_dir / "audits.jsonl"
+    if direct.is_file():
+        return direct
+    hits = sorted(run_dir.rglob("audits.jsonl"), key=lambda p: p.stat().st_mtime)
+    if not hits:
+        raise UserError(f"no audits.jsonl under {run_dir}; train with IdentityLeakageMonitor attached "
+                        "(or run `gmia-defend demo`) to create one")
+    return hits[-1]
+
+
+def _fmt(x: object) -> str:
+    try:
+        v = float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "-"
+    return "nan" if not math.isfinite(v) else f"{v:.4g}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from gmia_defend.report.plots import write_report_plots
+
+    path = find_audits(Path(args.run_dir))
+    folder = path.parent
+    records = read_jsonl(path)
+    if not records:
+        raise UserError(f"{path} holds no audit records yet; wait for the first audit or check the run's log")
+    previous: dict = {}
+    if (folder / "release.json").is_file():
+        try:
+            previous = json.loads((folder / "release.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = {}
+    budget = args.budget if args.budget is not None else float(previous.get("budget", DEFAULT_BUDGET))
+    metric = args.metric or previous.get("metric") or DEFAULT_METRIC
+    quality = args.quality_metric or previous.get("quality_metric")
+    min_kimg = args.min_kimg if args.min_kimg is not None else float(previous.get("min_kimg", 0.0) or 0.0)
+    decision = select_release(records, budget, metric, quality, min_kimg)
+    out = Path(args.out) if args.out else folder / "report"
+    paths = write_report_plots(records, out, metric, budget, decision, decision["quality_metric"])
+    write_json_atomic(out / "release_decision.json", decision)
+
+    audits = successful_audits(records)
+    failed = [r for r in records if r.get("error")]
+    span = f"{audits[0]['kimg']:g}-{audits[-1]['kimg']:g} kimg" if audits else "no successful audit"
+    print(f"run: {folder} ({len(audits)} audits, {len(failed)} failed; {span})")
+    qkey = decision["quality_metric"]
+    auc_col = metric != "leakage/auc"
+    print(f"{'kimg':>10}  " + (f"{'leakage/auc':>12}  " if auc_col else "") +
+          f"{metric:>20}  {'AUC 95% CI':>16}  {(qkey or 'quality'):>18}  decision")
+    for c in decision["candidates"]:
+        m = c.get("metrics") or {}
+        ci = f"[{_fmt(m.get('leakage/auc_ci_low'))}, {_fmt(m.get('leakage/auc_ci_high'))}]"
+        print(f"{c['kimg']:>10g}  " + (f"{_fmt(m.get('leakage/auc')):>12}  " if auc_col else "") +
+              f"{_fmt(c['leakage']):>20}  {ci:>16}  {_fmt(c['quality']):>18}  {c['reason']}")
+    for name, p in paths.items():
+        print(f"figure ({name}): {p}")
+    print(f"rule: {decision['rule']}")
+    chosen = decision.get("chosen")
+    ckpt = f" -> {folder / chosen['checkpoint']}" if chosen and chosen.get("checkpoint") else ""
+    print(f"{decision['message']}{ckpt}")
+    if previous and previous.get("released") is not None:
+        same = (previous.get("chosen") or {}).get("kimg") == (chosen or {}).get("kimg")
+        if not same:
+            print(f"note: the run's release.json chose differently ({previous.get('message')}); "
+                  "the budget or metric given here differs from the run's")
+    return 0

@@ -1,0 +1,37 @@
+"""``gmia-defend demo`` end to end, shortened (a few batches, a fast stand-in embedder)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from _fixtures_callbacks import CbTinyEmbedder
+
+from gmia_defend.cli import main as cli_main
+
+
+@pytest.mark.slow
+def test_demo_trains_audits_reports_and_decides(tmp_path, monkeypatch, capsys):
+    import gmia_defend.embedders.registry as registry
+
+    monkeypatch.setattr(registry, "load_embedder", lambda spec, device=None: CbTinyEmbedder())
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    out = tmp_path / "demo"
+    code = cli_main(["demo", "--out", str(out), "--max-steps", "24", "--every-n-kimg", "0.1",
+                     "--num-samples", "200", "--budget", "0.99", "--wandb"])
+    import wandb
+
+    wandb.finish()
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "demo finished" in text and "rule:" in text and ("release: the checkpoint" in text or "nothing released" in text)
+    audits = [json.loads(line) for line in (out / "audits.jsonl").read_text().splitlines()]
+    assert audits[0]["kimg"] == 0.0 and len(audits) >= 3 and all("metrics" in a for a in audits)
+    release = json.loads((out / "release.json").read_text())
+    assert release["metric"] == "leakage/auc_ci_high" and release["budget"] == 0.99
+    assert (out / "config.yaml").is_file() and (out / "report" / "leakage_vs_quality.png").is_file()
+    assert list((out / "wandb").glob("offline-run-*"))
+    # a second demo into the same folder needs --overwrite
+    assert cli_main(["demo", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
