@@ -96,3 +96,19 @@ def test_bad_training_arguments_raise_user_error():
         train_identity_embedder(**{**TINY, "far": 1.5}, cache=False)
     with pytest.raises(UserError, match="holdout_identities >= 2"):
         train_identity_embedder(**{**TINY, "holdout_identities": 1}, cache=False)
+
+
+def test_bundled_default_embedder_is_the_default_config_and_verifies_on_fresh_identities(tmp_path):
+    """The shipped default embedder must be what the default recipe produces (same config hash) and
+    still separate identities it never saw: re-measured here on freshly rendered people."""
+    from gmia_defend.data import SyntheticFaces
+    from gmia_defend.embedders.trained import BUNDLED_DIR, train_identity_embedder
+    from gmia_defend.embedders.verification import verification_metrics
+
+    model = train_identity_embedder(cache_dir=tmp_path, progress=False)  # empty cache: must not train
+    assert (BUNDLED_DIR / f"trained-{model.report['cache_key']}.pt").is_file()
+    assert not list(tmp_path.rglob("*.pt"))
+    faces = SyntheticFaces(num_identities=60, images_per_identity=8, resolution=32, seed=0, identity_offset=3_000_000)
+    emb = model.embed(faces.load(range(len(faces))))
+    metrics = verification_metrics(emb, faces.targets, far=1e-3)
+    assert metrics["auc"] >= 0.98

@@ -32,6 +32,13 @@ RECIPE_VERSION = 1
 _FORMAT = "gmia_defend.trained_embedder"
 
 
+# The default synthetic embedder ships with the package, so the demo starts at once on a fresh
+# machine. It is exactly what ``train_identity_embedder()`` writes for its default config (the file
+# name is the config hash, so a changed recipe never picks it up); ``gmia-defend train-embedder``
+# rebuilds it.
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "assets" / "embedders"
+
+
 def default_cache_dir() -> Path:
     """``$GMIA_CACHE`` if set, else ``~/.cache/gmia_defend``."""
     return Path(os.environ.get("GMIA_CACHE") or Path.home() / ".cache" / "gmia_defend")
@@ -232,11 +239,12 @@ def train_identity_embedder(
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device!r} asked for, but CUDA is not available here; use device='cpu'")
-    if cache and cache_path.is_file():
-        try:
-            return TrainedEmbedder.load(cache_path).to(dev)
-        except WeightsError as err:  # a corrupt entry is rebuilt, not fatal
-            print(f"[train-embedder] ignoring unreadable cache entry: {err}", file=sys.stderr)
+    for entry in (cache_path, BUNDLED_DIR / cache_path.name) if cache else ():
+        if entry.is_file():
+            try:
+                return TrainedEmbedder.load(entry).to(dev)
+            except WeightsError as err:  # a corrupt entry is rebuilt, not fatal
+                print(f"[train-embedder] ignoring unreadable cache entry: {err}", file=sys.stderr)
 
     start = time.perf_counter()
     if dataset is None:
