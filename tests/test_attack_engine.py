@@ -186,9 +186,17 @@ def test_input_range_is_mapped(attack_toy_audit):
     with pytest.warns(UserWarning, match="input_range"):  # [0, 1] output with the default range is suspicious
         _attack(attack_toy_audit, z_dim=4, num_samples=20, top_k=2, evidence_identities=0).run(
             lambda z: torch.rand(z.shape[0], 3, 8, 8))
-    with pytest.warns(UserWarning, match="both sides"):  # unbounded generators are clamped, not refused
+    with pytest.warns(UserWarning, match="clamping"):  # unbounded generators are clamped, not refused
         _attack(attack_toy_audit, z_dim=4, num_samples=20, top_k=2, evidence_identities=0).run(
             lambda z: torch.randn(z.shape[0], 3, 8, 8) * 10)
+
+    def early_stylegan(z):  # in range but for a one-sided tail, as an untrained StyleGAN2 can be
+        x = torch.rand(z.shape[0], 3, 8, 8) * 2 - 1
+        x[:, 0, :2, :2] = 2.6
+        return x
+
+    with pytest.warns(UserWarning, match="clamping"):
+        _attack(attack_toy_audit, z_dim=4, num_samples=20, top_k=2, evidence_identities=0).run(early_stylegan)
     with pytest.raises(GeneratorError, match="input_range"):  # [-1, 1] images declared as 0..255
         _attack(attack_toy_audit, z_dim=16, input_range=(0, 255), evidence_identities=0).run(ToyRandom())
     g = ToyRandom()

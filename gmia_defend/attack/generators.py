@@ -141,10 +141,10 @@ class LatentSampler:
 def check_images(x: Any, batch: int, input_range: tuple[float, float], warned: list[bool] | None = None) -> Tensor:
     """Validate a generated batch and map it from ``input_range`` to [-1, 1] (float32, clamped).
 
-    Range policy: generators without a final tanh (StyleGAN) overshoot their range on both sides,
-    a lot early in training; such values are clamped (with one warning). A *one-sided* excursion of
-    more than half the range's width (e.g. [0, 255] or [-1, 1] images declared as [0, 1]) or values
-    sitting entirely at or below the range's bottom (e.g. [-1, 1] declared as (0, 255)) mean a wrong
+    Range policy: generators without a final tanh (StyleGAN) overshoot their range, a lot early in
+    training; such tails are clamped (with one warning). A *one-sided* excursion of more than half
+    the range's width that holds over a quarter of the values (e.g. [0, 255] or [-1, 1] images
+    declared as [0, 1]) or values sitting entirely at or below the range's bottom (e.g. [-1, 1] declared as (0, 255)) mean a wrong
     ``input_range`` and raise ``GeneratorError``.
     """
     if isinstance(x, (tuple, list)):
@@ -178,16 +178,19 @@ def check_images(x: Any, batch: int, input_range: tuple[float, float], warned: l
     width = hi - lo
     below, above = lo_v < lo - 0.5 * width, hi_v > hi + 0.5 * width
     inside_low, inside_high = lo_v >= lo - 0.05 * width, hi_v <= hi + 0.05 * width
-    if (below and inside_high) or (above and inside_low) or (lo_v < lo and hi_v < lo + 0.05 * width):
+    one_sided = (below and inside_high) or (above and inside_low)
+    # A wrong declared range puts the bulk of the values outside it; an early StyleGAN only its tails.
+    bulk_outside = one_sided and float(((x < lo - 0.05 * width) | (x > hi + 0.05 * width)).float().mean()) > 0.25
+    if bulk_outside or (lo_v < lo and hi_v < lo + 0.05 * width):
         raise GeneratorError(
             f"generated values span [{lo_v:.3g}, {hi_v:.3g}], which does not fit input_range=({lo:g}, {hi:g}); "
             "pass the generator's real output range as input_range (CLI: --input-range LO HI), e.g. (0, 1) "
             "or (0, 255)")
     if warned is not None and not warned[0]:
-        if below and above:
+        if below or above:
             warned[0] = True
             warnings.warn(f"generated values span [{lo_v:.3g}, {hi_v:.3g}], far beyond input_range=({lo:g}, "
-                          f"{hi:g}) on both sides; clamping (normal for an untrained or early StyleGAN)",
+                          f"{hi:g}); clamping (normal for an untrained or early StyleGAN)",
                           stacklevel=3)
         elif lo < 0 and lo_v >= 0.0:
             warned[0] = True
