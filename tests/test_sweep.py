@@ -125,3 +125,16 @@ def test_missing_sweep_file_and_folder(tmp_path):
         SweepConfig.load(tmp_path / "nope.yaml")
     with pytest.raises(UserError, match="not a sweep folder"):
         collect_sweep(tmp_path)
+
+
+def test_report_sweep_command_draws_the_tradeoff_figures(tmp_path, capsys):
+    from gmia_defend.cli import main
+
+    config = make_config(tmp_path)
+    out = tmp_path / "sweep"
+    run_sweep(config, out)
+    assert main(["report", "--sweep", str(out), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "sweep_pareto.png").is_file()
+    assert "4 runs, 8 audits" in capsys.readouterr().out
+    assert main(["report"]) == 2  # neither a run nor a sweep: one clear error
+    assert "--sweep" in capsys.readouterr().err

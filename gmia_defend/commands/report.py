@@ -19,7 +19,11 @@ from gmia_defend.report.release import DEFAULT_BUDGET, DEFAULT_METRIC, select_re
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="the run folder (holding audits.jsonl, possibly in a subfolder)")
+    parser.add_argument("run_dir", nargs="?", default=None,
+                        help="the run folder (holding audits.jsonl, possibly in a subfolder)")
+    parser.add_argument("--sweep", default=None, metavar="DIR",
+                        help="report a whole sweep folder instead (leakage vs identities, vs kimg per setting, "
+                             "the leakage-quality Pareto front, leakage vs epsilon)")
     parser.add_argument("--budget", type=float, default=None,
                         help=f"largest acceptable leakage (default: the run's release.json, else {DEFAULT_BUDGET})")
     parser.add_argument("--metric", default=None,
@@ -55,8 +59,28 @@ def _fmt(x: object) -> str:
     return "nan" if not math.isfinite(v) else f"{v:.4g}"
 
 
+def run_sweep_report(sweep_dir: str, out: str | None = None) -> int:
+    """Collect a sweep's audits into one table and draw its trade-off figures."""
+    from gmia_defend.sweep.collect import collect_sweep
+    from gmia_defend.sweep.plots import plot_sweep
+
+    rows = collect_sweep(sweep_dir)
+    if not rows:
+        raise UserError(f"no successful audit in any run of {sweep_dir}; check the runs' stdout.log files")
+    paths = plot_sweep(rows, out or sweep_dir)
+    print(f"sweep: {sweep_dir} ({len({r['run'] for r in rows})} runs, {len(rows)} audits)")
+    for path in paths:
+        print(f"  figure: {path}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from gmia_defend.report.plots import write_report_plots
+
+    if getattr(args, "sweep", None):
+        return run_sweep_report(args.sweep, args.out)
+    if not args.run_dir:
+        raise UserError("give a run folder (gmia-defend report RUN_DIR) or a sweep (gmia-defend report --sweep DIR)")
 
     path = find_audits(Path(args.run_dir))
     folder = path.parent
