@@ -21,7 +21,8 @@ from gmia_defend.io import atomic_write  # noqa: E402
 from gmia_defend.report.release import DEFAULT_METRIC, quality_key_of, successful_audits  # noqa: E402
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it."""
     def write(tmp: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
@@ -75,7 +76,7 @@ def plot_leakage(audits: Sequence[dict], path: Path, metric: str = DEFAULT_METRI
     ax.set_title("Identity leakage during training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_quality(audits: Sequence[dict], path: Path, quality_metric: str | None,
@@ -93,7 +94,7 @@ def plot_quality(audits: Sequence[dict], path: Path, quality_metric: str | None,
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_tradeoff(audits: Sequence[dict], path: Path, metric: str, quality_metric: str | None,
@@ -122,7 +123,7 @@ def plot_tradeoff(audits: Sequence[dict], path: Path, metric: str, quality_metri
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_identities(audit: dict, path: Path, label_top: int = 5) -> Path:
@@ -153,7 +154,7 @@ def plot_identities(audit: dict, path: Path, label_top: int = 5) -> Path:
     ax.grid(alpha=0.3)
     if rows:
         ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_report_plots(records: Sequence[dict], out_dir: str | Path, metric: str = DEFAULT_METRIC,

@@ -17,17 +17,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from gmia_defend.io import atomic_write  # noqa: E402
+from gmia_defend.report.plots import save_figure  # noqa: E402
+from gmia_defend.report.release import quality_key_of  # noqa: E402
 
 LEAKAGE_KEY = "leakage/auc"
-
-
-def quality_key(rows: list[dict[str, Any]]) -> str | None:
-    """``quality/fid`` if logged, else the first ``quality/fd_<embedder>`` key present."""
-    keys = {k for r in rows for k in r if k.startswith("quality/")}
-    if "quality/fid" in keys:
-        return "quality/fid"
-    return sorted(keys)[0] if keys else None
 
 
 def _finite(value: Any) -> bool:
@@ -57,12 +50,6 @@ def setting_label(row: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items()) or row["run"]
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
-    return path
-
-
 def plot_sweep(rows: list[dict[str, Any]], out_dir: str | Path, leakage_key: str = LEAKAGE_KEY) -> list[Path]:
     """Draw every figure the rows support into ``out_dir``; return the paths written."""
     out_dir = Path(out_dir)
@@ -71,7 +58,7 @@ def plot_sweep(rows: list[dict[str, Any]], out_dir: str | Path, leakage_key: str
     if not rows:
         return written
     last = last_audit_per_run(rows)
-    qkey = quality_key(rows)
+    qkey = quality_key_of({"metrics": r} for r in rows)
 
     # Leakage vs kimg, one line per setting.
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -86,7 +73,7 @@ def plot_sweep(rows: list[dict[str, Any]], out_dir: str | Path, leakage_key: str
     ax.set(xlabel="kimg (thousands of real images shown)", ylabel=leakage_key,
            title="Leakage over training, per setting")
     ax.legend(fontsize=7)
-    written.append(_save(fig, out_dir / "sweep_leakage_vs_kimg.png"))
+    written.append(save_figure(fig, out_dir / "sweep_leakage_vs_kimg.png"))
 
     # Leakage vs number of member identities (when the sweep varies it).
     id_key = next((k for k in rows[0] if k.startswith("param/") and "num_members" in k), None)
@@ -102,7 +89,7 @@ def plot_sweep(rows: list[dict[str, Any]], out_dir: str | Path, leakage_key: str
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set(xlabel="member identities (same total image budget)", ylabel=leakage_key,
                title="Leakage vs diversity (last audit)")
-        written.append(_save(fig, out_dir / "sweep_leakage_vs_identities.png"))
+        written.append(save_figure(fig, out_dir / "sweep_leakage_vs_identities.png"))
 
     # Pareto front leakage vs quality.
     if qkey:
@@ -117,7 +104,7 @@ def plot_sweep(rows: list[dict[str, Any]], out_dir: str | Path, leakage_key: str
             ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "r-o", label="Pareto front")
             ax.set(xlabel=leakage_key, ylabel=qkey, title="Leakage-quality trade-off across settings")
             ax.legend(fontsize=7)
-            written.append(_save(fig, out_dir / "sweep_pareto.png"))
+            written.append(save_figure(fig, out_dir / "sweep_pareto.png"))
 
     # Leakage vs epsilon.
     eps = [r for r in last.values() if _finite(r.get("privacy/epsilon"))]
@@ -135,5 +122,5 @@ def plot_sweep(rows: list[dict[str, Any]], out_dir: str | Path, leakage_key: str
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set(xlabel="epsilon (lower is more private)", ylabel=leakage_key, title="Leakage vs privacy budget")
         ax.legend(fontsize=7)
-        written.append(_save(fig, out_dir / "sweep_leakage_vs_epsilon.png"))
+        written.append(save_figure(fig, out_dir / "sweep_leakage_vs_epsilon.png"))
     return written
