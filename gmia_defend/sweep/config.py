@@ -160,8 +160,8 @@ def run_name(params: dict[str, Any]) -> str:
     """A readable, filesystem-safe and unique name for a parameter combination."""
     parts = []
     for key, value in params.items():
-        short = key.split(".")[-1]
-        parts.append(f"{short}={format_value(value)}")
+        items = value.items() if isinstance(value, dict) else [(key, value)]
+        parts += [f"{str(k).split('.')[-1]}={format_value(v)}" for k, v in items]
     text = ",".join(parts)
     safe = "".join(c if c.isalnum() or c in "=,._-" else "_" for c in text)
     digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:6]
