@@ -22,6 +22,14 @@ TINY_FIT = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """`fit` sets the process's torch thread count (torch_threads); give it back to later tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_help_lists_model_data_and_trainer_options(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
@@ -48,6 +56,17 @@ def test_fit_runs_a_tiny_config_end_to_end(tmp_path):
     assert (run / "metrics.csv").is_file()
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert int(ckpt["state_dict"]["images_seen"]) == 8 and ckpt["global_step"] == 4
+
+    # the run folder holds its split, so its checkpoints can be audited as they are
+    import json
+
+    from gmia_defend.cli import main as cli_main
+
+    assert (run / "split.json").is_file()
+    assert cli_main(["attack", "--generator", str(run / "checkpoints" / "last.ckpt"), "--audit",
+                     str(run / "split.json"), "--embedder", "pixels", "--num-samples", "40", "--batch-size", "20",
+                     "--n-bootstrap", "10", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "att")]) == 0
+    assert json.loads((tmp_path / "att" / "attack.json").read_text())["num_samples"] == 40
 
     # resume from the run's last checkpoint for one more batch
     assert main(["--config", str(config), "--trainer.default_root_dir", str(run), "--ckpt_path", "last",

@@ -268,6 +268,11 @@ class IdentityDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
             _ = self.train_dataset
+            trainer = getattr(self, "trainer", None)
+            # The run folder always says what was trained on and what is audited, so any of its
+            # checkpoints can be given to `gmia-defend attack --audit <run>/split.json`.
+            if trainer is not None and trainer.is_global_zero and trainer.default_root_dir:
+                self.save_split(trainer.default_root_dir)
 
     def train_dataloader(self) -> DataLoader:
         data = self.train_dataset
