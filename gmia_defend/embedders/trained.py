@@ -25,7 +25,8 @@ from gmia_defend.embedders.base import Embedder
 from gmia_defend.embedders.network import CosFaceHead, IdentityResNet
 from gmia_defend.embedders.verification import verification_metrics
 from gmia_defend.errors import DataError, UserError, WeightsError
-from gmia_defend.io import atomic_write
+from gmia_defend.embedders.weights import cache_dir as cache_dir_default
+from gmia_defend.embedders.weights import save_torch_atomic
 
 #: Bump when the network, the training recipe or the file format changes: old cache entries are ignored.
 RECIPE_VERSION = 1
@@ -37,11 +38,6 @@ _FORMAT = "gmia_defend.trained_embedder"
 # name is the config hash, so a changed recipe never picks it up); ``gmia-defend train-embedder``
 # rebuilds it.
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "assets" / "embedders"
-
-
-def default_cache_dir() -> Path:
-    """``$GMIA_CACHE`` if set, else ``~/.cache/gmia_defend``."""
-    return Path(os.environ.get("GMIA_CACHE") or Path.home() / ".cache" / "gmia_defend")
 
 
 class TrainedEmbedder(Embedder):
@@ -73,7 +69,7 @@ class TrainedEmbedder(Embedder):
             "threshold_far": self.threshold_far,
             "report": self.report,
         }
-        return atomic_write(path, lambda p: torch.save(payload, p))
+        return save_torch_atomic(path, payload)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "TrainedEmbedder":
@@ -235,7 +231,7 @@ def train_identity_embedder(
         spec = dataset.spec() if hasattr(dataset, "spec") else {}
         config["dataset"] = {"spec": spec, "fingerprint": dataset.fingerprint()}
     key = _config_hash(config)
-    cache_path = Path(cache_dir or default_cache_dir()) / "embedders" / f"trained-{key}.pt"
+    cache_path = Path(cache_dir or cache_dir_default()) / "embedders" / f"trained-{key}.pt"
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device!r} asked for, but CUDA is not available here; use device='cpu'")
