@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -41,6 +41,8 @@ class _References:
     ref_embeddings: Tensor
     ref_labels: Tensor
     population_embeddings: Tensor | None
+    impostor_threshold: float | None = None  # derived from ref_embeddings: same for every run
+    population_matches: dict[float, np.ndarray] = field(default_factory=dict)  # threshold -> counts
 
 
 class IdentityMembershipAttack:
@@ -127,7 +129,9 @@ class IdentityMembershipAttack:
     def _embed_batch(embedder: Callable, images: Tensor) -> Tensor:
         e = embedder(images)
         if not isinstance(e, Tensor) or e.ndim != 2 or e.shape[0] != images.shape[0]:
-            raise UserError(f"embedder {getattr(embedder, 'name', embedder)!r} must return [N, dim] embeddings")
+            got = tuple(e.shape) if isinstance(e, Tensor) else type(e).__name__
+            raise UserError(f"embedder {getattr(embedder, 'name', embedder)!r} returned {got} for "
+                            f"{images.shape[0]} images; it must return a [N, dim] tensor, one row per image")
         return F.normalize(e.float(), dim=1)
 
     def _references(self, index: int, device: torch.device) -> _References:
@@ -151,8 +155,9 @@ class IdentityMembershipAttack:
         value = getattr(self.embedders[index], "threshold", None)
         if value is not None and math.isfinite(float(value)):
             return float(value), "embedder"
-        return (threshold_from_impostors(refs.ref_embeddings, refs.ref_labels, self.far),
-                f"audit references at FAR {self.far:g}")
+        if refs.impostor_threshold is None:
+            refs.impostor_threshold = threshold_from_impostors(refs.ref_embeddings, refs.ref_labels, self.far)
+        return refs.impostor_threshold, f"audit references at FAR {self.far:g}"
 
     # ------------------------------------------------------------------ run
     def run(self, generator: Callable, on_batch: Callable[[Tensor], Any] | None = None,
@@ -224,7 +229,10 @@ class IdentityMembershipAttack:
         summ = stats.summary(self.top_k)
         if refs.population_embeddings is not None:
             n_pop = refs.population_embeddings.shape[0]
-            pop_matches = match_counts(refs.similarity(refs.population_embeddings), threshold).cpu().numpy()
+            if threshold not in refs.population_matches:  # references and population are fixed: once
+                refs.population_matches[threshold] = match_counts(
+                    refs.similarity(refs.population_embeddings), threshold).cpu().numpy()
+            pop_matches = refs.population_matches[threshold]
         else:
             n_pop, pop_matches = 0, np.zeros(len(self.identities), dtype=np.int64)
         summ["calibrated"] = calibrated_scores(summ["matches"], n, pop_matches, n_pop)
