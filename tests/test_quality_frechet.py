@@ -115,3 +115,14 @@ def test_inception_fid_from_a_local_weights_file(tmp_path, monkeypatch):
     q.update(torch.rand(6, 3, 32, 32, generator=g) * 2 - 1)
     value = q.compute()
     assert math.isfinite(value) and value >= 0
+
+
+def test_embedder_without_dim_gets_a_clear_error():
+    from gmia_defend.errors import UserError
+    from gmia_defend.quality.fid import FrechetQuality
+
+    def bare(images):
+        return images.flatten(1)
+
+    with pytest.raises(UserError, match="fid=False"):
+        FrechetQuality.for_embedder(bare)

@@ -20,7 +20,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from gmia_defend.errors import WeightsError
+from gmia_defend.embedders.weights import load_torch_weights_only
+from gmia_defend.errors import UserError, WeightsError
 from gmia_defend.quality.frechet import GaussianStats, frechet_from_stats
 
 
@@ -37,10 +38,7 @@ class _InceptionFeatures(nn.Module):
                 f"FID Inception weights not found at {path}; pass fid_weights_path= the local file "
                 "'weights-inception-2015-12-05-6726825d.pth' (torch-fidelity's pt_inception weights), "
                 "or leave it None to use the Fréchet distance in the embedder's feature space")
-        try:  # refuse unsafe pickles before torch-fidelity loads the file
-            torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any failure means an unusable file
-            raise WeightsError(f"cannot read FID Inception weights {path} ({err}); replace the file") from err
+        load_torch_weights_only(path, "FID Inception weights")  # refuse unsafe pickles before torch-fidelity
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(self.num_features)],
@@ -72,6 +70,9 @@ class FrechetQuality:
     def for_embedder(cls, embedder: nn.Module, batch_size: int = 256) -> "FrechetQuality":
         """Fréchet distance in ``embedder``'s space, logged as ``quality/fd_<embedder.name>``."""
         name = getattr(embedder, "name", "embedder")
+        if not isinstance(getattr(embedder, "dim", None), int):
+            raise UserError(f"embedder {name!r} has no integer .dim, which the Fréchet distance in its space "
+                            "needs; give it a .dim, pass fid_weights_path= (Inception FID), or fid=False")
         return cls(embedder, int(embedder.dim), f"quality/fd_{name}", batch_size)
 
     @classmethod
