@@ -48,6 +48,11 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     return write_text_atomic(path, json.dumps(jsonable(obj), indent=indent) + "\n")
 
 
+def write_jsonl_atomic(path: str | os.PathLike, records: Any) -> Path:
+    """Write records as JSON lines, atomically (a rewrite of a whole JSONL file)."""
+    return write_text_atomic(path, "".join(json.dumps(jsonable(r)) + "\n" for r in records))
+
+
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line and fsync, so a killed run keeps every completed record."""
     path = Path(path)

@@ -18,7 +18,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from gmia_defend.callbacks._state import find_monitor
 from gmia_defend.errors import UserError
-from gmia_defend.report.release import DEFAULT_BUDGET, DEFAULT_METRIC
+from gmia_defend.report.release import DEFAULT_BUDGET, DEFAULT_METRIC, quality_key_of
 
 
 class LeakageStoppingReason(Enum):
@@ -100,7 +100,7 @@ class LeakageEarlyStopping(pl.Callback):
         if not math.isfinite(value):
             return False, None, f"LeakageEarlyStopping: {self.metric} not measured at {kimg:g} kimg; not counted"
         self.wait = self.wait + 1 if value > self.budget else 0
-        quality_key = self.quality_metric or next((k for k in metrics if k.startswith("quality/")), None)
+        quality_key = self.quality_metric or quality_key_of([record])
         stalled, quality = False, math.nan
         if self.fid_patience is not None and quality_key is not None:
             quality = float(metrics.get(quality_key, math.nan))

@@ -26,7 +26,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytorch_lightning as pl
@@ -37,7 +37,7 @@ from torch import nn
 from gmia_defend.callbacks._state import (audit_listeners, batch_size_of, kimg_tag, module_kimg,
                                           resolve_run_dir, scalar_metrics)
 from gmia_defend.errors import UserError
-from gmia_defend.io import append_jsonl, atomic_write, read_jsonl
+from gmia_defend.io import append_jsonl, read_jsonl, write_jsonl_atomic
 
 AUDITS_FILE = "audits.jsonl"
 IDENTITY_FIELDS = ("identity", "member", "train_count", "score", "max_sim", "topk_mean", "matches",
@@ -388,17 +388,18 @@ class IdentityLeakageMonitor(pl.Callback):
 
     def _measure(self, trainer: pl.Trainer, generator: Any) -> tuple[Any, float | None]:
         quality = self.quality
-        on_batch = None
+        on_batch: Callable[[torch.Tensor], None] | None = None
         if quality is not None:
             quality.reset_fake()
             if self._shared is not None:
                 shared = self._shared
                 shared.sink = quality.update_features
 
-                def on_batch(images: torch.Tensor) -> None:
-                    if shared.pending is not None:  # not embedded through the wrapper: compute here
-                        quality.update(shared.pending)
+                def hand_over(images: torch.Tensor) -> None:
+                    self._flush_pending()  # the previous batch was not embedded through the wrapper
                     shared.pending = images
+
+                on_batch = hand_over
             else:
                 on_batch = quality.update
         world, rank = trainer.world_size, trainer.global_rank
@@ -406,14 +407,19 @@ class IdentityLeakageMonitor(pl.Callback):
         try:
             result = self._attack.run(generator, on_batch=on_batch, shard=(rank, world), reduce=reduce)
         finally:
-            if self._shared is not None and self._shared.pending is not None:
-                pending, self._shared.pending = self._shared.pending, None
-                if quality is not None and not self._reduced:
-                    quality.update(pending)
+            self._flush_pending()
         if world > 1 and not self._reduced:
             raise RuntimeError("the attack did not merge its shards (reduce was not called)")
         value = quality.compute() if quality is not None else None
         return result, value
+
+    def _flush_pending(self) -> None:
+        """Feed a generated batch the shared embedder did not see to the quality metric directly."""
+        shared = self._shared
+        if shared is not None and shared.pending is not None:
+            pending, shared.pending = shared.pending, None
+            if self.quality is not None and not self._reduced:
+                self.quality.update(pending)
 
     def _make_reduce(self, trainer: pl.Trainer) -> Callable[[dict], dict]:
         from gmia_defend.attack.scores import all_gather_reduce
@@ -425,10 +431,8 @@ class IdentityLeakageMonitor(pl.Callback):
             return strategy.reduce(t.to(strategy.root_device), reduce_op="sum").cpu()
 
         def reduce(stats: dict) -> dict:
+            self._flush_pending()
             self._reduced = True
-            if self._shared is not None and self._shared.pending is not None and self.quality is not None:
-                pending, self._shared.pending = self._shared.pending, None
-                self.quality.update(pending)
             if not strategy.reduce_boolean_decision(True, all=True):
                 raise _PeerAuditFailed("the audit failed on another process")
             merged = gather(stats)
@@ -495,8 +499,8 @@ class IdentityLeakageMonitor(pl.Callback):
             return
         if existing and (len(existing) > len(self.history) or not self.history):
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            _write_jsonl(path.with_name(f"{path.name}.{stamp}.bak"), existing)
-        _write_jsonl(path, self.history)
+            write_jsonl_atomic(path.with_name(f"{path.name}.{stamp}.bak"), existing)
+        write_jsonl_atomic(path, self.history)
 
     def _publish(self, trainer: pl.Trainer, record: dict, result: Any) -> None:
         assert self.run_dir is not None
@@ -610,14 +614,6 @@ def _sample_dataset(dataset: Any, n: int, seed: int) -> torch.Tensor:
     images = [it[0] if isinstance(it, (tuple, list)) else (next(iter(it.values())) if isinstance(it, dict) else it)
               for it in items]
     return torch.stack([torch.as_tensor(x) for x in images])
-
-
-def _write_jsonl(path: Path, records: Sequence[dict]) -> None:
-    def write(tmp: Path) -> None:
-        for r in records:
-            append_jsonl(tmp, r)
-
-    atomic_write(path, write)
 
 
 def audit_records(run_dir: str | Path) -> list[dict]:

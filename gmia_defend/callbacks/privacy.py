@@ -16,6 +16,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from gmia_defend.callbacks._state import resolve_run_dir
 from gmia_defend.errors import UserError
 from gmia_defend.io import write_json_atomic
 
@@ -144,7 +145,7 @@ class PrivacyBudgetMonitor(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.private_d is None or not trainer.is_global_zero:
             return
-        root = Path(self.run_dir) if self.run_dir is not None else Path(trainer.default_root_dir)
+        root = resolve_run_dir(trainer, self.run_dir)
         write_json_atomic(root / "privacy.json", self.summary())
 
     # ------------------------------------------------------------------ checkpoints

@@ -27,7 +27,8 @@ def quality_key_of(records: Iterable[dict]) -> str | None:
     return keys[0] if keys else None
 
 
-def _num(value: Any) -> float:
+def to_float(value: Any) -> float:
+    """``float(value)``, or NaN for None and non-numbers (audit records hold nulls for NaN)."""
     try:
         out = float(value)
     except (TypeError, ValueError):
@@ -41,7 +42,7 @@ def successful_audits(records: Iterable[dict]) -> list[dict]:
     for r in records:
         if r.get("error") or not r.get("metrics"):
             continue
-        by_kimg[round(_num(r.get("kimg")), 6)] = r
+        by_kimg[round(to_float(r.get("kimg")), 6)] = r
     return [by_kimg[k] for k in sorted(by_kimg)]
 
 
@@ -69,9 +70,9 @@ def select_release(records: Sequence[dict], budget: float = DEFAULT_BUDGET, metr
     candidates: list[dict[str, Any]] = []
     for r in audits:
         m = r["metrics"]
-        leak = _num(m.get(metric))
-        qual = _num(m.get(quality_metric)) if quality_metric else math.nan
-        cand = {"kimg": _num(r.get("kimg")), "step": r.get("step"), "checkpoint": r.get("checkpoint"),
+        leak = to_float(m.get(metric))
+        qual = to_float(m.get(quality_metric)) if quality_metric else math.nan
+        cand = {"kimg": to_float(r.get("kimg")), "step": r.get("step"), "checkpoint": r.get("checkpoint"),
                 "leakage": leak, "quality": qual, "metrics": dict(m), "eligible": False, "chosen": False}
         if cand["kimg"] < min_kimg:
             cand["reason"] = f"before min_kimg ({_fmt(cand['kimg'])} < {min_kimg})"
@@ -89,7 +90,7 @@ def select_release(records: Sequence[dict], budget: float = DEFAULT_BUDGET, metr
     # failed audits are listed too, so the decision accounts for every audit
     for r in records:
         if r.get("error"):
-            candidates.append({"kimg": _num(r.get("kimg")), "step": r.get("step"), "checkpoint": r.get("checkpoint"),
+            candidates.append({"kimg": to_float(r.get("kimg")), "step": r.get("step"), "checkpoint": r.get("checkpoint"),
                                "leakage": math.nan, "quality": math.nan, "metrics": {}, "eligible": False,
                                "chosen": False, "reason": f"audit failed: {r['error']}"})
     eligible = [c for c in candidates if c["eligible"]]

@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from gmia_defend.report.release import to_float
+
 KIMG = "progress/kimg"
 IDENTITY_COLUMNS = ["identity", "member", "train_count", "score", "max_sim", "topk_mean", "matches", "match_rate"]
 
@@ -51,8 +53,8 @@ class WandbAuditLog:
         rows = []
         for r in record.get("identities") or []:
             rows.append([name(str(r.get("identity"))), bool(r.get("member")), int(r.get("train_count") or 0),
-                         _f(r.get("score")), _f(r.get("max_sim")), _f(r.get("topk_mean")),
-                         int(r.get("matches") or 0), _f(r.get("match_rate"))])
+                         to_float(r.get("score")), to_float(r.get("max_sim")), to_float(r.get("topk_mean")),
+                         int(r.get("matches") or 0), to_float(r.get("match_rate"))])
         payload: dict[str, Any] = {KIMG: kimg}
         if rows:
             table = wandb.Table(columns=IDENTITY_COLUMNS, data=rows)
@@ -116,18 +118,11 @@ def audit_table(history: Sequence[dict], metric: str, quality_metric: str | None
         m = r.get("metrics") or {}
         row = [float(r.get("kimg", math.nan)), int(r.get("step") or 0)]
         for c in columns[2:-2]:
-            row.append(_f(m.get(c)))
+            row.append(to_float(m.get(c)))
         row += [str(r.get("error") or ""), release_kimg is not None and float(r.get("kimg", -1)) == release_kimg
                 and not r.get("error")]
         data.append(row)
     return wandb.Table(columns=columns, data=data)
-
-
-def _f(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _clean(d: dict) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gmia_defend.errors import UserError
-from gmia_defend.io import atomic_write, jsonable, read_jsonl, write_json_atomic
+from gmia_defend.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 
 
 def find_run_file(run_dir: Path, name: str) -> Path | None:
@@ -47,9 +47,6 @@ def collect_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
         entry["release"] = json.loads(release_path.read_text()) if release_path else None
         summary.append(entry)
 
-    def _write_rows(path: Path) -> None:
-        path.write_text("".join(json.dumps(jsonable(r)) + "\n" for r in rows))
-
-    atomic_write(sweep_dir / "sweep_audits.jsonl", _write_rows)
+    write_jsonl_atomic(sweep_dir / "sweep_audits.jsonl", rows)
     write_json_atomic(sweep_dir / "sweep_summary.json", summary)
     return rows
