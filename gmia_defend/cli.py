@@ -46,7 +46,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] == "fit":
             return int(_command_module("fit").main(argv[1:]) or 0)
         if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
-            parser = argparse.ArgumentParser(prog="gmia-defend")
             if argv and argv[0] not in ("-h", "--help"):
                 print(f"gmia-defend: unknown command {argv[0]!r}; choose one of: {', '.join(SUBCOMMANDS)}",
                       file=sys.stderr)

@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     if demo.stopper is not None and demo.stopper.stopping_reason_message:
         print(f"early stopping: {demo.stopper.stopping_reason_message}")
     print(f"demo finished in {seconds:.0f} s ({len(demo.monitor.history)} audits); run folder: {out}")
-    report.run(argparse.Namespace(run_dir=str(out), budget=None, metric=None, quality_metric=None,
-                                  min_kimg=None, out=None))
+    parser = argparse.ArgumentParser(prog="gmia-defend report")
+    report.add_arguments(parser)
+    report.run(parser.parse_args([str(out)]))  # the report command's own defaults
     return 0

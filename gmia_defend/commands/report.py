@@ -77,7 +77,7 @@ def run_sweep_report(sweep_dir: str, out: str | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     from gmia_defend.report.plots import write_report_plots
 
-    if getattr(args, "sweep", None):
+    if args.sweep:
         return run_sweep_report(args.sweep, args.out)
     if not args.run_dir:
         raise UserError("give a run folder (gmia-defend report RUN_DIR) or a sweep (gmia-defend report --sweep DIR)")

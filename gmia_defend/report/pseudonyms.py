@@ -65,6 +65,7 @@ class Pseudonymizer:
         self._key_arg = key
         self._key: bytes | None = None  # resolved on first use: no key file unless names are sent out
         self.mapping: dict[str, str] = {}
+        self._saved = 0  # mapping entries already in the file: audits repeat the same identities
 
     @property
     def key(self) -> bytes:
@@ -87,6 +88,8 @@ class Pseudonymizer:
         if not self.enabled or self.run_dir is None or not self.mapping:
             return None
         path = self.run_dir / MAP_FILE
+        if len(self.mapping) == self._saved and path.is_file():
+            return path
         merged: dict[str, str] = {}
         if path.is_file():
             try:
@@ -95,4 +98,5 @@ class Pseudonymizer:
                 merged = {}
         merged.update(self.mapping)
         write_json_atomic(path, dict(sorted(merged.items())))
+        self._saved = len(self.mapping)
         return path
