@@ -285,7 +285,7 @@ class PrivateDiscriminator:
         # the module logs these from training_step: fresh for batch-end readers even without a monitor
         logs = {"privacy/epsilon": self.reported_epsilon(), "privacy/steps": float(self.steps)}
         if self.log_private_stats:  # statistics of real data: NOT covered by the guarantee
-            logs.update({f"dp/{k}": v for k, v in result.stats.items()})
+            logs.update({f"dp/{k}": float(v) for k, v in result.stats.items()})
             logs["dp/units"] = float(result.num_units)
         return logs
 

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
+
+from gmia_defend.models.stylegan2.losses import d_logistic_loss_per_sample
 
 #: Units per vmap call on the CPU when no chunk size is given (measured best of 4/8/16/all at batch 32).
 CPU_CHUNK = 16
@@ -68,7 +69,7 @@ def unit_layout(num_images: int, labels: torch.Tensor | None = None, device: tor
 def logistic_loss(D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """StyleGAN2's non-saturating logistic D loss per sample: softplus(-D(real)) + softplus(D(fake))."""
     logits = D(torch.cat([real, fake]))
-    return F.softplus(-logits[: len(real)]) + F.softplus(logits[len(real):])
+    return d_logistic_loss_per_sample(logits[: len(real)], logits[len(real):])
 
 
 @dataclass
@@ -77,7 +78,7 @@ class ClippedSum:
 
     grads: dict[str, torch.Tensor]
     num_units: int
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class PerUnitGradients:
@@ -108,7 +109,7 @@ class PerUnitGradients:
         if r1_weight > 0 and self.loss_fn is None:
             # One pass gives R1's input gradient and the real logits (still differentiable in params).
             (g, (_, real_logits)) = grad_and_value(lambda x: (lambda o: (o.sum(), o))(D(x)), has_aux=True)(real)
-            loss = F.softplus(-real_logits) + F.softplus(D(fake)) + r1_weight * g.square().flatten(1).sum(1)
+            loss = d_logistic_loss_per_sample(real_logits, D(fake)) + r1_weight * g.square().flatten(1).sum(1)
         else:
             loss = (self.loss_fn or logistic_loss)(D, real, fake)
             if r1_weight > 0:
@@ -151,9 +152,9 @@ class PerUnitGradients:
                 total[name] += torch.tensordot(factor.to(g.dtype), g, dims=1)
             norms.append(norm.detach())
             losses.append(loss.detach())
-        stats: dict[str, float] = {}
+        stats: dict[str, torch.Tensor] = {}  # tensors: no device sync unless someone logs them
         if U:
             norm = torch.cat(norms)
-            stats = {"unit_grad_norm": float(norm.mean()), "clip_fraction": float((norm > max_grad_norm).float().mean()),
-                     "loss": float(torch.cat(losses).sum() / layout.mask.sum())}
+            stats = {"unit_grad_norm": norm.mean(), "clip_fraction": (norm > max_grad_norm).float().mean(),
+                     "loss": torch.cat(losses).sum() / layout.mask.sum()}
         return ClippedSum(total, U, stats)
