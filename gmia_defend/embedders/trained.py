@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from gmia_defend.embedders.augment import augment_batch
 from gmia_defend.embedders.base import Embedder
 from gmia_defend.embedders.network import CosFaceHead, IdentityResNet
-from gmia_defend.embedders.verification import verification_metrics
 from gmia_defend.errors import DataError, UserError, WeightsError
 from gmia_defend.embedders.weights import cache_dir as cache_dir_default
 from gmia_defend.embedders.weights import save_torch_atomic
@@ -264,10 +263,8 @@ def train_identity_embedder(
     last = _fit(model, images[train], targets[train], config, dev, progress)
     train_seconds, train_cpu = time.perf_counter() - fit_start, time.process_time() - fit_cpu
 
-    emb = model.embed(images[holdout], device="cpu")
-    metrics = verification_metrics(emb, targets[holdout], far=far, seed=seed)
-    model.threshold, model.threshold_far = float(metrics["threshold"]), float(far)
-    model.calibration = metrics
+    model.calibrate_threshold(images[holdout], targets[holdout], far=far, seed=seed)
+    metrics = model.calibration
     model.report = {
         **metrics,
         "train_seconds": round(train_seconds, 2),

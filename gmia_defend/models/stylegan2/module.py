@@ -204,10 +204,11 @@ class StyleGAN2(pl.LightningModule):
         self.images_seen += seen
         self.batches_seen += 1
         self._update_ema(seen)
-        logs = {**(d_logs or {}), **g_logs, "progress/kimg": self.kimg}
+        kimg = self.kimg  # one read of the counter per batch
+        logs = {**(d_logs or {}), **g_logs, "progress/kimg": kimg}
         logs = {k: v.detach().float() if torch.is_tensor(v) else float(v) for k, v in logs.items()}
         self.log_dict(logs, prog_bar=False, batch_size=max(n_g, 1))
-        self.log("kimg", self.kimg, prog_bar=True, logger=False, batch_size=max(n_g, 1))
+        self.log("kimg", kimg, prog_bar=True, logger=False, batch_size=max(n_g, 1))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         every = self.hparams.sample_every_n_batches
