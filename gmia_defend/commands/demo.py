@@ -37,13 +37,15 @@ DEMO_MIN_RELEASE_KIMG = 0.5         # never "release" the untrained generator
 
 
 def default_config() -> Path:
-    """``configs/demo.yaml`` of the source tree (the package is installed editable from it)."""
-    return Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    """The shipped ``demo`` config (inside the package, so a regular install has it too)."""
+    from gmia_defend.config_files import resolve_config
+
+    return resolve_config("demo")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
-    parser.add_argument("--config", default=None, help="LightningCLI config (default: configs/demo.yaml)")
+    parser.add_argument("--config", default=None, help="LightningCLI config: a shipped name or a path (default: demo)")
     parser.add_argument("--overwrite", action="store_true", help="delete --out first if it holds a previous run")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="override trainer.max_steps (2 per batch) for a shorter or longer run")
@@ -92,9 +94,9 @@ def build_demo(out: str | Path, config: str | Path | None = None, embedder: Any 
     from gmia_defend.models import StyleGAN2
 
     out = Path(out)
-    config = Path(config) if config is not None else default_config()
-    if not config.is_file():
-        raise UserError(f"demo config not found: {config}; pass --config configs/demo.yaml from the source tree")
+    from gmia_defend.config_files import resolve_config
+
+    config = resolve_config(config) if config is not None else default_config()
     args = ["--config", str(config), f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false"]
     if max_steps is not None:
         args.append(f"--trainer.max_steps={int(max_steps)}")

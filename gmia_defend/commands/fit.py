@@ -1,6 +1,6 @@
 """``gmia-defend fit``: train StyleGAN2 on an identity dataset with a LightningCLI.
 
-    gmia-defend fit --config configs/demo.yaml [--trainer.max_steps 200] [--ckpt_path last]
+    gmia-defend fit --config demo [--trainer.max_steps 200] [--ckpt_path last]
 
 Everything a run writes lands in its run folder, ``trainer.default_root_dir``:
 ``config.yaml`` (the fully resolved config), ``checkpoints/`` (ModelCheckpoint with ``last.ckpt``),
@@ -17,11 +17,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from gmia_defend.config_files import resolve_config_args
 from gmia_defend.errors import UserError
 
 DESCRIPTION = ("Train a StyleGAN2 generator on an identity-labelled dataset. Options come from StyleGAN2 "
                "(--model.*), IdentityDataModule (--data.*) and pytorch_lightning.Trainer (--trainer.*); "
-               "start from a config: --config configs/demo.yaml. trainer.global_step counts both "
+               "start from a config: --config demo (a shipped config; `gmia-defend configs` lists them) or --config PATH.yaml. trainer.global_step counts both "
                "optimizers (2 per batch).")
 
 
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gmia_defend.data import IdentityDataModule
     from gmia_defend.models import StyleGAN2
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
     FitCLI, RunFolderConfig = _cli_classes()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
