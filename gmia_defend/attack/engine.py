@@ -161,8 +161,14 @@ class IdentityMembershipAttack:
 
     # ------------------------------------------------------------------ run
     def run(self, generator: Callable, on_batch: Callable[[Tensor], Any] | None = None,
-            shard: tuple[int, int] = (0, 1), reduce: Callable[[dict], dict] | None = None) -> AttackResult:
-        """Generate, embed and score; return metrics, the identity table and evidence."""
+            shard: tuple[int, int] = (0, 1), reduce: Callable[[dict], dict] | None = None,
+            on_embeddings: Callable[[int, Tensor, Tensor], Any] | None = None) -> AttackResult:
+        """Generate, embed and score; return metrics, the identity table and evidence.
+
+        ``on_batch(images)`` sees every generated batch; ``on_embeddings(j, images, embeddings)`` sees
+        what embedder ``j`` made of it, so a quality metric in that embedder's space reuses the attack's
+        own embeddings instead of embedding the batch again.
+        """
         t0 = time.perf_counter()
         rank, world = (int(v) for v in shard)
         if not 0 <= rank < world:
@@ -181,7 +187,7 @@ class IdentityMembershipAttack:
             thresholds = [self._threshold(i, r) for i, r in enumerate(refs)]
             stats = [StreamingIdentityStats(len(self.identities), keep, thr, device) for thr, _ in thresholds]
             start, stop = self.num_samples * rank // world, self.num_samples * (rank + 1) // world
-            self._stream(adapter, sampler, device, refs, stats, start, stop, on_batch)
+            self._stream(adapter, sampler, device, refs, stats, start, stop, on_batch, on_embeddings)
             if reduce is not None:
                 merged = reduce({f"{j}.{k}": v for j, s in enumerate(stats) for k, v in s.state_dict().items()})
                 for j, s in enumerate(stats):
@@ -206,7 +212,7 @@ class IdentityMembershipAttack:
             raw = adapter(z)
         return check_images(raw, z.shape[0], self.input_range, warned)
 
-    def _stream(self, adapter, sampler, device, refs, stats, start, stop, on_batch) -> None:
+    def _stream(self, adapter, sampler, device, refs, stats, start, stop, on_batch, on_embeddings=None) -> None:
         from tqdm.auto import tqdm
 
         warned = [False]
@@ -218,8 +224,11 @@ class IdentityMembershipAttack:
                 if on_batch is not None:
                     on_batch(images)
                 index = torch.arange(i, j, device=device)
-                for e, r, s in zip(self.embedders, refs, stats):
-                    s.update(r.similarity(self._embed_batch(e, images)), index)
+                for k, (e, r, s) in enumerate(zip(self.embedders, refs, stats)):
+                    embeddings = self._embed_batch(e, images)
+                    if on_embeddings is not None:
+                        on_embeddings(k, images, embeddings)
+                    s.update(r.similarity(embeddings), index)
                 bar.update(j - i)
 
     # ------------------------------------------------------------------ results
