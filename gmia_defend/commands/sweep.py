@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from gmia_defend.config_files import resolve_config
 from gmia_defend.sweep.collect import collect_sweep
 from gmia_defend.sweep.config import SweepConfig
 from gmia_defend.sweep.plots import plot_sweep
@@ -22,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = SweepConfig.load(args.config)
+    config = SweepConfig.load(resolve_config(args.config))
     out = Path(args.out or Path("runs") / "sweeps" / config.name)
     if args.dry_run:
         for record in run_sweep(config, out, dry_run=True):
