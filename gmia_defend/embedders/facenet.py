@@ -127,6 +127,10 @@ class FaceNetEmbedder(Embedder):
     ``weights``: ``"vggface2"`` or a local file. ``verify_checksum``: check the SHA-256 of the known
     VGGFace2 file (always skipped for other files, which are checked by structure). ``download``:
     None = fetch the VGGFace2 file only when online; False = never.
+
+    >>> model = FaceNetEmbedder("weights/20180402-114759-vggface2.pt")  # doctest: +SKIP
+    >>> model(images).shape  # images: [N, 3, 160, 160] face crops in [-1, 1]  # doctest: +SKIP
+    torch.Size([N, 512])
     """
 
     name = "facenet"

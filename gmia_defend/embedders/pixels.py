@@ -17,7 +17,12 @@ from gmia_defend.embedders.base import Embedder
 
 
 class PixelEmbedder(Embedder):
-    """Images -> centred, unit-norm pixel vectors at ``input_size`` (no learned parameters)."""
+    """Images -> centred, unit-norm pixel vectors at ``input_size`` (no learned parameters).
+
+    >>> import torch
+    >>> tuple(PixelEmbedder(8)(torch.rand(2, 3, 32, 32) * 2 - 1).shape)
+    (2, 192)
+    """
 
     name = "pixels"
 

@@ -43,6 +43,11 @@ class TrainedEmbedder(Embedder):
     """Small ResNet identity embedder (``IdentityResNet``); input images in [-1, 1] are used as they are.
 
     ``report``: verification figures and the training config (see ``train_identity_embedder``).
+
+    >>> import torch
+    >>> model = TrainedEmbedder(input_size=16, dim=8, width=4).eval()
+    >>> tuple(model(torch.zeros(2, 3, 16, 16)).shape)
+    (2, 8)
     """
 
     name = "trained"
