@@ -153,7 +153,7 @@ def naive_attack(gen, emb, audit, n: int, batch: int, device: torch.device) -> d
         matches = torch.bincount(nearest[best >= emb.threshold], minlength=ids)
         sim.max(0)
     y = torch.cat([torch.ones(AUDIT_MEMBERS), torch.zeros(AUDIT_NONMEMBERS)])
-    metrics = membership_metrics(top.cpu().numpy(), y.numpy(), 1000, 0)
+    metrics = membership_metrics(top.cpu().numpy(), y.numpy(), n_bootstrap=1000, seed=0)
     return {"metrics": metrics, "matches": int(matches.sum())}
 
 

@@ -238,12 +238,18 @@ def test_several_embedders_report_each_and_the_worst(attack_toy_audit, tmp_path)
     res = _attack(attack_toy_audit, [a, b]).run(ToyMemoriser(attack_toy_audit.vectors[:12]))
     for name in ("alpha", "beta"):
         assert f"leakage/{name}/auc" in res.metrics and f"leakage/{name}/leak_rate" in res.metrics
-    for key in ("auc", "advantage", "leak_rate"):
+    for key in ("auc", "advantage", "leak_rate", "auc_ci_low", "auc_ci_high"):
         per = [res.metrics[f"leakage/{name}/{key}"] for name in ("alpha", "beta")]
         assert res.metrics[f"leakage/{key}"] == max(per)
+    p = [res.metrics[f"leakage/{name}/p_value"] for name in ("alpha", "beta")]
+    assert res.metrics["leakage/p_value"] == min(1.0, 2 * min(p))  # Bonferroni over the two matchers
+    assert res.metrics["leakage/null_auc_low"] == min(res.metrics[f"leakage/{n}/null_auc_low"] for n in ("alpha", "beta"))
+    # epsilon bound recomputed at alpha / 2: never above the larger single-embedder bound at alpha
+    assert res.metrics["leakage/epsilon_lower_bound"] <= max(
+        res.metrics[f"leakage/{n}/epsilon_lower_bound"] for n in ("alpha", "beta")) + 1e-12
     assert res.metrics["leakage/alpha/leak_rate"] != res.metrics["leakage/beta/leak_rate"]
     worst = res.embedders[res.worst_embedder]
-    assert res.identities is worst.identities and res.metrics["leakage/auc_ci_low"] == worst.metrics["leakage/auc_ci_low"]
+    assert res.identities is worst.identities and res.metrics["leakage/auc"] == worst.metrics["leakage/auc"]
     assert res.worst_embedder in ("alpha", "beta") and res.embedder_name == res.worst_embedder
     same = _attack(attack_toy_audit, [ToyEmbedder("x"), ToyEmbedder("x")]).run(ToyRandom())
     assert set(same.embedders) == {"x", "x-2"}

@@ -177,3 +177,35 @@ def test_audit_set_without_population(synthetic_dataset: SyntheticFaces) -> None
     with pytest.raises(DataError, match="at least 2"):
         AuditSet(a.member_images[:2], torch.zeros(2, dtype=torch.int64), a.member_identities[:1],
                  a.nonmember_images, a.nonmember_labels, a.nonmember_identities)
+
+
+def test_members_and_nonmembers_meet_the_same_eligibility_rule() -> None:
+    # Half the identities have 3 images, half 12: members need >= 4 (3 references + training), and so
+    # do non-members now, so no non-member is a "rare" identity that members could never be.
+    counts = [3, 12] * 20
+    faces = SyntheticFaces(num_identities=40, images_per_identity=counts, resolution=16)
+    split = IdentitySplit.create(faces, num_members=6, num_nonmembers=10, references_per_identity=3)
+    have = faces.counts()
+    assert all(have[n] >= 4 for n in list(split.members) + list(split.nonmembers))
+    assert split.meta["min_images"] == 4
+    assert {len(v) for v in split.nonmembers.values()} == {len(v) for v in split.references.values()} == {3}
+    with pytest.raises(DataError, match="eligibility"):
+        IdentitySplit.create(faces, num_members=6, num_nonmembers=15, references_per_identity=3)
+
+
+def test_public_identities(synthetic_dataset: SyntheticFaces, synthetic_split: IdentitySplit, tmp_path: Path) -> None:
+    s = synthetic_split
+    assert s.public == []
+    pop = {k.split("/")[0] for k in s.population}
+    free = [n for n in synthetic_dataset.identities if n not in s.members and n not in s.nonmembers and n not in pop]
+    pub = s.with_public(free[:3])
+    assert pub.public == sorted(free[:3]) and s.public == []
+    pub.validate(synthetic_dataset)
+    again = IdentitySplit.load(pub.save(tmp_path / "split.json"))
+    assert again.public == pub.public
+    assert again.with_training(dict(again.members)).public == pub.public
+    member, nonmember, popid = next(iter(s.members)), next(iter(s.nonmembers)), sorted(pop)[0]
+    with pytest.raises(DataError) as err:
+        s.with_public([free[0], member, nonmember, popid])
+    text = str(err.value)
+    assert member in text and nonmember in text and popid in text and free[0] not in text

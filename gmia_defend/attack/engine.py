@@ -48,9 +48,30 @@ class _References:
 class IdentityMembershipAttack:
     """The identity membership attack (Webster et al., arXiv 2107.06018) as a streaming audit.
 
-    Args mirror CONTRACTS.md; extras: ``reference_reduction`` ("mean" similarity over an identity's
-    references, or "max"), ``far`` (false-accept rate for a threshold calibrated on the audit's
-    references when an embedder has none), ``amp`` (autocast the generator on CUDA).
+    ``embedder`` (one or a list), ``audit`` (an ``AuditSet``), ``num_samples`` latents drawn from
+    ``seed``, ``score`` (one of ``SCORE_NAMES``; ``top_k`` for ``topk_mean``); extras:
+    ``reference_reduction`` ("mean" similarity over an identity's references, or "max"), ``far``
+    (false-accept rate for a threshold calibrated on the audit's references when an embedder has
+    none), ``amp`` (autocast the generator to fp16 on CUDA; off by default, so the audited figures
+    describe the fp32 generator that is released), ``num_blocks`` (latent blocks for the two-level
+    bootstrap interval), ``n_permutations`` (permutation p-value and null band; 0 = normal
+    Mann-Whitney approximation), ``delta`` (of the epsilon lower bound; default 1e-5).
+
+    Example (an untrained generator leaks nobody: its p-value is large):
+
+    >>> import torch
+    >>> from gmia_defend.data import SyntheticFaces, IdentitySplit, AuditSet
+    >>> from gmia_defend.embedders.pixels import PixelEmbedder
+    >>> faces = SyntheticFaces(num_identities=24, images_per_identity=6, resolution=16)
+    >>> split = IdentitySplit.create(faces, num_members=8, num_nonmembers=12, references_per_identity=2)
+    >>> attack = IdentityMembershipAttack(PixelEmbedder(16), AuditSet.from_split(faces, split), z_dim=8,
+    ...                                   num_samples=64, batch_size=32, progress=False, n_bootstrap=100)
+    >>> g = torch.nn.Sequential(torch.nn.Linear(8, 3 * 16 * 16), torch.nn.Tanh(), torch.nn.Unflatten(1, (3, 16, 16)))
+    >>> result = attack.run(g)
+    >>> sorted(k for k in result.metrics if "null" in k or "p_value" in k)
+    ['leakage/null_auc_high', 'leakage/null_auc_low', 'leakage/p_value']
+    >>> len(result.identities[0]["block_scores"])
+    10
     """
 
     def __init__(self, embedder: Any, audit: Any, num_samples: int = 10_000, batch_size: int = 256,
@@ -58,7 +79,8 @@ class IdentityMembershipAttack:
                  input_range: tuple[float, float] = (-1.0, 1.0), device: str | torch.device | None = None,
                  n_bootstrap: int = 1000, progress: bool = True, evidence_identities: int = 8,
                  evidence_neighbours: int = 6, reference_reduction: str = "mean", far: float = 1e-3,
-                 amp: bool = True) -> None:
+                 amp: bool = False, num_blocks: int = 10, n_permutations: int = 2000,
+                 delta: float | None = None) -> None:
         self.embedders = list(embedder) if isinstance(embedder, (list, tuple)) else [embedder]
         if not self.embedders:
             raise UserError("give at least one embedder")
@@ -83,6 +105,10 @@ class IdentityMembershipAttack:
         self.evidence_identities = max(0, int(evidence_identities))
         self.evidence_neighbours = max(0, int(evidence_neighbours))
         self.reference_reduction, self.far, self.amp = reference_reduction, float(far), bool(amp)
+        if int(num_blocks) < 1 or int(n_permutations) < 0:
+            raise UserError(f"num_blocks ({num_blocks}) must be >= 1 and n_permutations ({n_permutations}) >= 0")
+        self.num_blocks = min(int(num_blocks), self.num_samples)
+        self.n_permutations, self.delta = int(n_permutations), delta
         self._check_audit(audit)
         self.identities = list(audit.member_identities) + list(audit.nonmember_identities)
         self.num_members = len(audit.member_identities)
@@ -185,7 +211,8 @@ class IdentityMembershipAttack:
         with torch.no_grad(), eval_mode(adapter.modules + embed_modules):
             refs = [self._references(i, device) for i in range(len(self.embedders))]
             thresholds = [self._threshold(i, r) for i, r in enumerate(refs)]
-            stats = [StreamingIdentityStats(len(self.identities), keep, thr, device) for thr, _ in thresholds]
+            stats = [StreamingIdentityStats(len(self.identities), keep, thr, device, self.num_blocks,
+                                            self.num_samples) for thr, _ in thresholds]
             start, stop = self.num_samples * rank // world, self.num_samples * (rank + 1) // world
             self._stream(adapter, sampler, device, refs, stats, start, stop, on_batch, on_embeddings)
             if reduce is not None:
@@ -202,6 +229,8 @@ class IdentityMembershipAttack:
         return {"num_samples": self.num_samples, "batch_size": self.batch_size, "seed": self.seed,
                 "score": self.score, "top_k": self.top_k, "input_range": list(self.input_range),
                 "n_bootstrap": self.n_bootstrap, "reference_reduction": self.reference_reduction,
+                "num_blocks": self.num_blocks, "n_permutations": self.n_permutations, "amp": self.amp,
+                "delta": self.delta,
                 "num_members": self.num_members, "num_nonmembers": len(self.identities) - self.num_members,
                 "embedders": list(self.names)}
 
@@ -246,8 +275,16 @@ class IdentityMembershipAttack:
             n_pop, pop_matches = 0, np.zeros(len(self.identities), dtype=np.int64)
         summ["calibrated"] = calibrated_scores(summ["matches"], n, pop_matches, n_pop)
         scores = summ[self.score]
+        blocks = stats.block_summary(self.top_k)
+        if self.score == "calibrated":
+            counts = stats.block_count[stats.block_count > 0].cpu().numpy()
+            block_scores = np.stack([calibrated_scores(blocks["matches"][:, b], int(c), pop_matches, n_pop)
+                                     for b, c in enumerate(counts)], axis=1)
+        else:
+            block_scores = blocks[self.score]
         labels = np.r_[np.ones(self.num_members), np.zeros(len(self.identities) - self.num_members)]
-        metrics = membership_metrics(scores, labels, self.n_bootstrap, self.seed)
+        metrics = membership_metrics(scores, labels, block_scores, n_bootstrap=self.n_bootstrap,
+                                     n_permutations=self.n_permutations, seed=self.seed, delta=self.delta)
         member = labels.astype(bool)
         metrics["leakage/leak_rate"] = float(summ["match_rate"][member].mean() - summ["match_rate"][~member].mean())
         train_counts = dict(getattr(self.audit, "train_counts", {}) or {})
@@ -263,6 +300,7 @@ class IdentityMembershipAttack:
                 "population_matches": int(pop_matches[i]),
                 "train_count": int(train_counts.get(name, 0)) if member[i] else 0,
                 "num_references": int(ref_counts[i]), "nearest_samples": idx, "nearest_similarities": sims,
+                "block_scores": [float(v) for v in block_scores[i]],
             })
         return EmbedderReport(self.names[j], metrics, rows, [], threshold, source)
 

@@ -21,11 +21,12 @@ from torch import Tensor
 
 from gmia_defend.io import atomic_write, write_json_atomic
 
-__all__ = ["AttackResult", "EmbedderReport", "WORST_CASE_KEYS"]
+__all__ = ["AttackResult", "EmbedderReport", "WORST_CASE_KEYS", "worst_case"]
 
-# Metrics whose maximum over embedders is the reported worst case.
-WORST_CASE_KEYS = ("leakage/auc", "leakage/tpr_at_1pct_fpr", "leakage/tpr_at_0.1pct_fpr",
-                   "leakage/advantage", "leakage/leak_rate")
+# Metrics whose maximum over embedders is the reported worst case (the interval's both ends too:
+# the worst interval is the one the most leaking matcher could reach).
+WORST_CASE_KEYS = ("leakage/auc", "leakage/auc_ci_low", "leakage/auc_ci_high", "leakage/tpr_at_1pct_fpr",
+                   "leakage/tpr_at_0.1pct_fpr", "leakage/advantage", "leakage/leak_rate")
 
 
 @dataclass
@@ -86,10 +87,7 @@ class AttackResult:
                     metrics[key.replace("leakage/", f"leakage/{r.name}/", 1)] = value
             for key, value in worst.metrics.items():
                 metrics[key] = value
-            for key in WORST_CASE_KEYS:
-                values = [r.metrics.get(key, math.nan) for r in reports]
-                finite = [v for v in values if v is not None and math.isfinite(v)]
-                metrics[key] = max(finite) if finite else math.nan
+            metrics.update(worst_case(reports, kwargs.get("config", {})))
         return cls(metrics=metrics, identities=worst.identities, evidence=worst.evidence,
                    embedder_name=worst.name, worst_embedder=worst.name,
                    embedders={r.name: r for r in reports}, **kwargs)
@@ -175,6 +173,46 @@ def _mosaic(rows: list[dict]) -> tuple[np.ndarray, int, int, int, int]:
                 canvas[y:y + tile, x:x + b] = red
                 canvas[y:y + tile, x + tile - b:x + tile] = red
     return canvas, tile, cap, pad, cols
+
+
+def worst_case(reports: list[EmbedderReport], config: dict[str, Any] | None = None) -> dict[str, float]:
+    """The worst of every key over several embedders (the attacker picks the best matcher).
+
+    ``WORST_CASE_KEYS`` (AUC, both interval ends, TPRs, advantage, leak rate): maximum.
+    ``leakage/p_value``: Bonferroni over the J embedders, ``min(1, J * min_j p_j)``, because the
+    smallest of J p-values is not itself a p-value. ``leakage/null_auc_low/high``: the widest band.
+    ``leakage/epsilon_lower_bound``: the largest per-embedder bound, each recomputed at
+    ``alpha / J`` from its identity table so the claim still holds at 1 - alpha over the J choices.
+    """
+    from gmia_defend.attack.metrics import DEFAULT_DELTA, epsilon_lower_bound
+
+    def values(key: str) -> list[float]:
+        out = [r.metrics.get(key, math.nan) for r in reports]
+        return [float(v) for v in out if v is not None and math.isfinite(v)]
+
+    def pick(key: str, fn: Any) -> float:
+        v = values(key)
+        return fn(v) if v else math.nan
+
+    j = len(reports)
+    out = {key: pick(key, max) for key in WORST_CASE_KEYS if any(key in r.metrics for r in reports)}
+    if any("leakage/p_value" in r.metrics for r in reports):
+        out["leakage/p_value"] = min(1.0, j * pick("leakage/p_value", min))
+        out["leakage/null_auc_low"] = pick("leakage/null_auc_low", min)
+        out["leakage/null_auc_high"] = pick("leakage/null_auc_high", max)
+    if any("leakage/epsilon_lower_bound" in r.metrics for r in reports):
+        cfg = config or {}
+        delta = cfg.get("delta")
+        alpha = float(cfg.get("alpha", 0.05))
+        bounds = []
+        for r in reports:
+            scores = [row["score"] for row in r.identities]
+            member = [bool(row["member"]) for row in r.identities]
+            if scores and any(member) and not all(member):
+                bounds.append(epsilon_lower_bound(scores, member, DEFAULT_DELTA if delta is None else float(delta),
+                                                  alpha / j))
+        out["leakage/epsilon_lower_bound"] = max(bounds) if bounds else pick("leakage/epsilon_lower_bound", max)
+    return out
 
 
 def _nan_low(value: Any) -> float:

@@ -21,6 +21,10 @@ Definitions (one audited identity i with reference embeddings r_1..r_R, one gene
   ``(matches / N) / ((population_matches + 1) / (P + 1))``. Identities that look "average" and
   match many real strangers are discounted; with no population it equals the match frequency.
 
+- **latent blocks**: the N latent indices are cut into ``num_blocks`` contiguous blocks and the
+  same statistics are kept per (identity, block), so every score also exists per block
+  (``block_summary``): the sample-level half of the two-level bootstrap interval (``metrics``).
+
 State is a dict of tensors (``state_dict``); shards merge exactly (``merge_state_dicts``): sums
 add, maxima take the max, top-K lists are merged and re-cut.
 """
@@ -45,8 +49,10 @@ __all__ = [
 ]
 
 SCORE_NAMES = ("topk_mean", "max_sim", "match_rate", "calibrated", "mean_sim")
-_SUM_FIELDS = ("count", "sum_sim", "matches")
-_MAX_FIELDS = ("max_sim",)
+_SUM_FIELDS = ("count", "sum_sim", "matches", "block_count", "block_sum_sim", "block_matches")
+_MAX_FIELDS = ("max_sim", "block_max_sim")
+_STATE_FIELDS = ("count", "max_sim", "sum_sim", "matches", "topk_sim", "topk_idx", "block_count",
+                 "block_sum_sim", "block_matches", "block_max_sim", "block_topk_sim")
 _TOPK_FIELDS = ("topk_sim", "topk_idx")
 
 
@@ -116,11 +122,20 @@ class StreamingIdentityStats:
     """Running per-identity statistics of generated samples (see module doc for definitions)."""
 
     def __init__(self, num_identities: int, keep: int, threshold: float,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", num_blocks: int = 1, num_samples: int | None = None) -> None:
         if keep < 1:
             raise ValueError("keep must be >= 1")
+        if num_blocks < 1 or (num_blocks > 1 and not num_samples):
+            raise ValueError("num_blocks must be >= 1, and num_blocks > 1 needs num_samples")
         self.num_identities, self.keep, self.threshold = num_identities, keep, float(threshold)
+        self.num_blocks, self.num_samples = int(num_blocks), int(num_samples or 1)
         dev = torch.device(device)
+        nb = self.num_blocks
+        self.block_count = torch.zeros(nb, dtype=torch.long, device=dev)
+        self.block_sum_sim = torch.zeros(num_identities, nb, dtype=torch.float64, device=dev)
+        self.block_matches = torch.zeros(num_identities, nb, dtype=torch.long, device=dev)
+        self.block_max_sim = torch.full((num_identities, nb), -torch.inf, device=dev)
+        self.block_topk_sim = torch.full((num_identities, nb, keep), -torch.inf, device=dev)
         self.count = torch.zeros((), dtype=torch.long, device=dev)
         self.max_sim = torch.full((num_identities,), -torch.inf, device=dev)
         self.sum_sim = torch.zeros(num_identities, dtype=torch.float64, device=dev)
@@ -138,13 +153,29 @@ class StreamingIdentityStats:
         self.matches += match_counts(s, self.threshold)
         self.topk_sim, self.topk_idx = _merge_topk(
             self.topk_sim, self.topk_idx, s.T, idx.expand(s.shape[1], -1), self.keep)
+        self._update_blocks(s, idx)
+
+    def _update_blocks(self, s: Tensor, idx: Tensor) -> None:
+        block = (idx * self.num_blocks // self.num_samples).clamp_(0, self.num_blocks - 1)
+        first, last = int(block.min()), int(block.max())
+        for b in range(first, last + 1):
+            seg = s[block == b] if first != last else s
+            if seg.shape[0] == 0:
+                continue
+            self.block_count[b] += seg.shape[0]
+            self.block_sum_sim[:, b] += seg.sum(dim=0, dtype=torch.float64)
+            self.block_matches[:, b] += match_counts(seg, self.threshold)
+            self.block_max_sim[:, b] = torch.maximum(self.block_max_sim[:, b], seg.max(dim=0).values)
+            both = torch.cat([self.block_topk_sim[:, b], seg.T], dim=1)
+            self.block_topk_sim[:, b] = both.topk(self.keep, dim=1).values if both.shape[1] >= self.keep else \
+                torch.cat([both.sort(dim=1, descending=True).values,
+                           both.new_full((both.shape[0], self.keep - both.shape[1]), -torch.inf)], dim=1)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"count": self.count, "max_sim": self.max_sim, "sum_sim": self.sum_sim,
-                "matches": self.matches, "topk_sim": self.topk_sim, "topk_idx": self.topk_idx}
+        return {key: getattr(self, key) for key in _STATE_FIELDS}
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        for key in ("count", "max_sim", "sum_sim", "matches", "topk_sim", "topk_idx"):
+        for key in _STATE_FIELDS:
             old = getattr(self, key)
             setattr(self, key, state[key].to(old.device, old.dtype).reshape(old.shape))
 
@@ -167,6 +198,26 @@ class StreamingIdentityStats:
             "matches": self.matches.cpu().numpy(),
             "match_rate": (self.matches.double() / max(n, 1)).cpu().numpy(),
         }
+
+    def block_summary(self, top_k: int) -> dict[str, np.ndarray]:
+        """Per (identity, latent block) numpy arrays [I, B] of the same statistics as ``summary``.
+
+        Blocks that received no sample (N < num_blocks) are left out.
+        """
+        used = (self.block_count > 0).cpu()
+        n = self.block_count.double().clamp(min=1)
+        k = min(top_k, self.keep)
+        top = self.block_topk_sim[:, :, :k].double()
+        valid = torch.isfinite(top)
+        topk_mean = torch.where(valid, top, torch.zeros_like(top)).sum(2) / valid.sum(2).clamp(min=1)
+        out = {
+            "max_sim": self.block_max_sim.double(),
+            "topk_mean": topk_mean,
+            "mean_sim": self.block_sum_sim / n,
+            "matches": self.block_matches,
+            "match_rate": self.block_matches.double() / n,
+        }
+        return {key: v.cpu()[:, used].numpy() for key, v in out.items()}
 
     def nearest(self, identity: int, n: int) -> tuple[list[int], list[float]]:
         """Latent indices and similarities of the ``n`` nearest generated samples of an identity."""
@@ -199,6 +250,10 @@ def merge_state_dicts(states: Sequence[Mapping[str, Tensor]]) -> dict[str, Tenso
             out[key] = torch.stack([v.to(values[0].device) for v in values]).sum(0)
         elif field in _MAX_FIELDS:
             out[key] = torch.stack([v.to(values[0].device) for v in values]).amax(0)
+        elif field == "block_topk_sim":
+            keep = values[0].shape[-1]
+            both = torch.cat([v.to(values[0].device) for v in values], dim=-1)
+            out[key] = both.topk(keep, dim=-1).values
         elif field == "topk_sim":
             continue  # merged together with topk_idx below
         elif field == "topk_idx":

@@ -35,8 +35,21 @@ class IdentitySplit:
     """Members (identity -> training keys), their held-out references, non-members, population.
 
     ``population`` holds keys of images of extra identities that are neither trained on nor audited;
-    the attack uses them to calibrate per-identity match frequencies. ``dataset`` is the dataset's
+    the attack uses them to calibrate per-identity match frequencies. ``public`` names identities
+    whose images may be used without privacy cost (e.g. pretraining, or selecting a release without
+    touching protected people); they must not overlap any other group. ``dataset`` is the dataset's
     spec (``open_dataset(split.dataset)`` re-opens it); ``meta`` records how the split was built.
+
+    Example:
+
+    >>> from gmia_defend.data import SyntheticFaces
+    >>> faces = SyntheticFaces(num_identities=30, images_per_identity=6, resolution=16)
+    >>> split = IdentitySplit.create(faces, num_members=4, num_nonmembers=8, references_per_identity=2)
+    >>> len(split.members), len(split.nonmembers), split.public
+    (4, 8, [])
+    >>> free = [n for n in faces.identities if n not in split.members and n not in split.nonmembers]
+    >>> split.with_public(free[:3]).public == sorted(free[:3])
+    True
     """
 
     members: dict[str, list[str]]
@@ -47,6 +60,7 @@ class IdentitySplit:
     seed: int = 0
     dataset: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    public: list[str] = field(default_factory=list)
 
     # ---- views ---------------------------------------------------------------------------------
     @property
@@ -94,7 +108,12 @@ class IdentitySplit:
         the rest are training images. Non-members contribute ``references_per_identity`` reference
         images, population identities ``population_images_per_identity`` (default: the same).
         ``member_identities`` fixes the members; ``min_member_images`` (default references + 1) is the
-        fewest images an identity needs to be eligible as a member.
+        fewest images an identity needs to be eligible.
+
+        Members and non-members meet the **same eligibility rule** (``min_member_images``) and are
+        drawn from one shuffled pool of eligible identities, so membership cannot correlate with how
+        many photos a person has (on CelebA, with popularity); every audited identity gets exactly
+        ``references_per_identity`` references, so scores do not depend on reference counts.
         """
         r = int(references_per_identity)
         if r < 1:
@@ -153,12 +172,12 @@ class IdentitySplit:
             members = eligible[:num_members]
         taken = set(members)
         rest = [n for n in order if n not in taken]
-        eligible_non = [n for n in rest if counts[n] >= r]
+        eligible_non = [n for n in rest if counts[n] >= need]  # the members' rule, not a laxer one
         if len(eligible_non) < num_nonmembers:
             raise DataError(
-                f"only {len(eligible_non)} identities are left with >= {r} images for "
-                f"num_nonmembers={num_nonmembers} (after {num_members} members); lower num_nonmembers "
-                "or num_members, or use a dataset with more identities"
+                f"only {len(eligible_non)} identities are left with >= {need} images (the members' "
+                f"eligibility rule) for num_nonmembers={num_nonmembers} (after {num_members} members); "
+                "lower num_nonmembers, num_members or min_member_images, or use a dataset with more identities"
             )
         nonmembers = eligible_non[:num_nonmembers]
         taken.update(nonmembers)
@@ -194,6 +213,7 @@ class IdentitySplit:
             dataset=dataset.spec(),
             meta={
                 "builder": "create",
+                "min_images": need,
                 "references_per_identity": r,
                 "num_population_identities": int(num_population_identities),
             },
@@ -212,7 +232,35 @@ class IdentitySplit:
             seed=self.seed,
             dataset=dict(self.dataset),
             meta=extra,
+            public=list(self.public),
         )
+
+    def with_public(self, names: Sequence[str]) -> "IdentitySplit":
+        """A copy whose ``public`` identities are ``names`` (sorted, unique).
+
+        Raises ``DataError`` (a ``UserError``) naming any identity that is also a member, a
+        non-member or a population identity: public data must be disjoint from what is protected
+        or audited.
+        """
+        names = sorted({str(n) for n in names})
+        pop_owners = self._population_identities()
+        clash = [f"{n}: is a member" for n in names if n in self.members]
+        clash += [f"{n}: is a non-member" for n in names if n in self.nonmembers]
+        clash += [f"{n}: has population images" for n in names if n in pop_owners]
+        if clash:
+            raise _problem(clash, "public identities must be neither members, non-members nor population "
+                           "identities; pick identities outside the split", "bad public identities")
+        copy = IdentitySplit.from_dict(self.to_dict())
+        copy.public = names
+        return copy
+
+    def _population_identities(self) -> set[str]:
+        """Owners of population images, read from their keys (``identity/file``); ``validate`` checks
+        the real owners against the dataset."""
+        owners: set[str] = set()
+        for key in self.population:
+            owners.add(key.split("/", 1)[0] if "/" in key else key)
+        return owners
 
     # ---- checks --------------------------------------------------------------------------------
     def check(self) -> None:
@@ -255,6 +303,9 @@ class IdentitySplit:
         for k in self.population:
             if k in seen:
                 problems.append(f"{k}: population image also listed in {seen[k]}")
+        for n in self.public:
+            if n in self.members or n in self.nonmembers:
+                problems.append(f"{n}: public identity is also audited (member or non-member)")
         if problems:
             raise _problem(
                 problems,
@@ -298,6 +349,9 @@ class IdentitySplit:
             owner = owners[k]
             if owner in audited:
                 problems.append(f"{k}: population image of audited identity {owner}")
+            if owner in self.public:
+                problems.append(f"{k}: population image of public identity {owner}")
+        problems += [f"{n}: public identity not in this dataset" for n in self.public if n not in names]
         if problems:
             raise _problem(
                 problems,
@@ -349,6 +403,7 @@ class IdentitySplit:
             "references": self.references,
             "nonmembers": self.nonmembers,
             "population": self.population,
+            "public": self.public,
         }
 
     @classmethod
@@ -370,6 +425,9 @@ class IdentitySplit:
         population = data.get("population") or []
         if not isinstance(population, list):
             raise DataError(f"{source}: field 'population' must be a list of image keys")
+        public = data.get("public") or []
+        if not isinstance(public, list):
+            raise DataError(f"{source}: field 'public' must be a list of identity names")
         return cls(
             members=groups("members"),
             references=groups("references"),
@@ -379,6 +437,7 @@ class IdentitySplit:
             seed=int(data.get("seed") or 0),
             dataset=dict(data.get("dataset") or {}),
             meta=dict(data.get("meta") or {}),
+            public=[str(n) for n in public],
         )
 
     def save(self, path: str | os.PathLike) -> Path:
