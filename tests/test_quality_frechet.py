@@ -126,3 +126,16 @@ def test_embedder_without_dim_gets_a_clear_error():
 
     with pytest.raises(UserError, match="fid=False"):
         FrechetQuality.for_embedder(bare)
+
+
+def test_uint8_quantisation_rounds_reals_and_fakes_alike():
+    import torch
+
+    from gmia_defend.quality.fid import to_uint8
+
+    levels = torch.arange(256, dtype=torch.uint8)
+    real = levels.float() / 127.5 - 1.0  # how an 8-bit photo is loaded
+    assert torch.equal(to_uint8(real), levels)  # round trip exact
+    fake = real + 0.49 / 127.5  # just under half a level above: rounds back down, truncation would not
+    fake_down = real - 0.49 / 127.5
+    assert torch.equal(to_uint8(fake), levels) and torch.equal(to_uint8(fake_down), levels)

@@ -25,6 +25,19 @@ from gmia_defend.errors import UserError, WeightsError
 from gmia_defend.quality.frechet import GaussianStats, frechet_from_stats
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> uint8 in [0, 255], **rounded** to the nearest level.
+
+    Real photos loaded from 8-bit files map back to exactly their pixel values, and generated images
+    are quantised the same way; truncation would bias generated images half a level darker than
+    reals of the same float value.
+
+    >>> to_uint8(torch.tensor([-1.0, 0.0, 0.999, 1.0])).tolist()
+    [0, 128, 255, 255]
+    """
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 class _InceptionFeatures(nn.Module):
     """torchmetrics' InceptionV3 (FID weights from a local file) on images in [-1, 1]."""
 
@@ -45,8 +58,7 @@ class _InceptionFeatures(nn.Module):
                                       feature_extractor_weights_path=str(path))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = ((images.float().clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8)
-        return self.net(x)
+        return self.net(to_uint8(images))
 
 
 class FrechetQuality:
