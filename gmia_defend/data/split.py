@@ -110,9 +110,11 @@ class IdentitySplit:
         ``member_identities`` fixes the members; ``min_member_images`` (default references + 1) is the
         fewest images an identity needs to be eligible.
 
-        Members and non-members meet the **same eligibility rule** (``min_member_images``) and are
-        drawn from one shuffled pool of eligible identities, so membership cannot correlate with how
-        many photos a person has (on CelebA, with popularity); every audited identity gets exactly
+        When members are drawn here, members and non-members meet the **same eligibility rule**
+        (``min_member_images``) and come from one shuffled pool of eligible identities, so
+        membership cannot correlate with how many photos a person has (on CelebA, with
+        popularity). Given ``member_identities`` are the caller's choice; non-members then need
+        ``min_member_images`` if set, else their references. Every audited identity gets exactly
         ``references_per_identity`` references, so scores do not depend on reference counts.
         """
         r = int(references_per_identity)
@@ -172,10 +174,14 @@ class IdentitySplit:
             members = eligible[:num_members]
         taken = set(members)
         rest = [n for n in order if n not in taken]
-        eligible_non = [n for n in rest if counts[n] >= need]  # the members' rule, not a laxer one
+        # Drawn members: non-members meet the members' rule, not a laxer one. Given members (the caller
+        # chose them, e.g. a synthetic set whose members got extra images after a random draw):
+        # non-members need their references, or min_member_images when the caller set it.
+        need_non = need if member_identities is None else max(r, int(min_member_images or 0))
+        eligible_non = [n for n in rest if counts[n] >= need_non]
         if len(eligible_non) < num_nonmembers:
             raise DataError(
-                f"only {len(eligible_non)} identities are left with >= {need} images (the members' "
+                f"only {len(eligible_non)} identities are left with >= {need_non} images (the members' "
                 f"eligibility rule) for num_nonmembers={num_nonmembers} (after {num_members} members); "
                 "lower num_nonmembers, num_members or min_member_images, or use a dataset with more identities"
             )
@@ -214,6 +220,7 @@ class IdentitySplit:
             meta={
                 "builder": "create",
                 "min_images": need,
+                "nonmember_min_images": need_non,
                 "references_per_identity": r,
                 "num_population_identities": int(num_population_identities),
             },
