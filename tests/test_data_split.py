@@ -209,3 +209,20 @@ def test_public_identities(synthetic_dataset: SyntheticFaces, synthetic_split: I
         s.with_public([free[0], member, nonmember, popid])
     text = str(err.value)
     assert member in text and nonmember in text and popid in text and free[0] not in text
+
+
+def test_reference_counts_equalised_or_refused(synthetic_dataset: SyntheticFaces, synthetic_split: IdentitySplit) -> None:
+    from gmia_defend.attack import IdentityMembershipAttack
+
+    uneven = _clone(synthetic_split)
+    first = next(iter(uneven.nonmembers))
+    uneven.nonmembers[first] = uneven.nonmembers[first][:1]  # one non-member with 1 reference, others 3
+    audit = AuditSet.from_split(synthetic_dataset, uneven)
+    assert set(audit.reference_counts()) == {1}
+    assert AuditSet.from_split(synthetic_dataset, uneven).member_images.equal(audit.member_images)  # seeded
+    raw = AuditSet.from_split(synthetic_dataset, uneven, equalize=False)
+    assert sorted(set(raw.reference_counts())) == [1, 3]
+    with pytest.raises(DataError, match="equalize_references"):
+        IdentityMembershipAttack(lambda x: x.flatten(1), raw, num_samples=10, progress=False)
+    with pytest.raises(DataError, match=first):
+        raw.equalize_references(2)

@@ -136,6 +136,13 @@ class IdentityMembershipAttack:
             if present.numel() != len(ids) or bool((present == 0).any()):
                 raise DataError(f"some {side} identities have no reference image; give each audited "
                                 "identity at least one held-out reference photo")
+        counts = [torch.bincount(torch.as_tensor(getattr(audit, f"{side}_labels")).long().cpu())
+                  for side in ("member", "nonmember")]
+        low, high = min(int(c.min()) for c in counts), max(int(c.max()) for c in counts)
+        if low != high:
+            raise DataError(f"audited identities have {low} to {high} reference photos; scores would depend on "
+                            "photo counts, not leakage: use audit.equalize_references() (AuditSet.from_split and "
+                            "from_photos do it)")
 
     def _resolve_device(self, adapter: GeneratorAdapter) -> torch.device:
         if self.device is not None:

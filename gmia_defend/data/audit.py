@@ -27,6 +27,22 @@ class AuditSet:
     ``member_labels[i]`` indexes ``member_identities``; likewise for non-members. ``train_counts``
     maps each member identity to its number of training images. ``population_labels`` indexes
     ``population_identities`` (both None when there is no population).
+
+    Every audited identity should have the same number of references (a score computed from more
+    photos is less noisy, so unequal counts would change scores for reasons other than leakage):
+    ``from_split`` and ``from_photos`` subsample to a common count (seeded); the attack refuses an
+    audit whose counts differ and names ``equalize_references()`` as the fix.
+
+    Example:
+
+    >>> from gmia_defend.data import SyntheticFaces, IdentitySplit
+    >>> faces = SyntheticFaces(num_identities=30, images_per_identity=6, resolution=16)
+    >>> split = IdentitySplit.create(faces, num_members=4, num_nonmembers=8, references_per_identity=3)
+    >>> audit = AuditSet.from_split(faces, split)
+    >>> audit.reference_counts() == [3] * 12
+    True
+    >>> audit.equalize_references(2).reference_counts() == [2] * 12
+    True
     """
 
     member_images: torch.Tensor
@@ -58,8 +74,12 @@ class AuditSet:
                 raise DataError(f"{name} identities without reference images: {absent[:10]}; rebuild the split")
 
     @classmethod
-    def from_split(cls, dataset: IdentityDataset, split: IdentitySplit) -> "AuditSet":
-        """Load every reference (and population) image of ``split`` from ``dataset``."""
+    def from_split(cls, dataset: IdentityDataset, split: IdentitySplit, equalize: bool = True) -> "AuditSet":
+        """Load every reference (and population) image of ``split`` from ``dataset``.
+
+        ``equalize`` subsamples every audited identity to the smallest reference count (seeded by
+        the split's seed); a split made by ``IdentitySplit.create`` already has equal counts.
+        """
         split.validate(dataset)
 
         def gather(groups: dict[str, list[str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -79,7 +99,7 @@ class AuditSet:
             pop_ids = sorted(set(owners))
             pos = {n: i for i, n in enumerate(pop_ids)}
             pop_lab = torch.tensor([pos[o] for o in owners], dtype=torch.int64)
-        return cls(
+        audit = cls(
             member_images=m_img,
             member_labels=m_lab,
             member_identities=m_ids,
@@ -91,6 +111,7 @@ class AuditSet:
             population_labels=pop_lab,
             population_identities=pop_ids,
         )
+        return audit.equalize_references(seed=split.seed) if equalize else audit
 
     @classmethod
     def from_photos(
@@ -122,7 +143,7 @@ class AuditSet:
             warnings.warn("identities without a usable photo (dropped): "
                           + ", ".join(aligned.dropped_identities), stacklevel=2)
         counts = train_counts or {}
-        audit = cls(
+        unequal = cls(
             member_images=aligned.member_images,
             member_labels=aligned.member_labels,
             member_identities=aligned.member_identities,
@@ -132,8 +153,54 @@ class AuditSet:
             population_images=aligned.population_images,
             train_counts={k: counts[k] for k in aligned.member_identities if k in counts},
         )
+        audit = unequal.equalize_references(seed=0)
+        if audit.reference_counts() != unequal.reference_counts():
+            warnings.warn(f"references subsampled to {audit.reference_counts()[0]} per identity (the fewest any "
+                          "audited identity has), so scores do not depend on how many photos a person has; "
+                          "give every identity the same number of usable photos to keep them all", stacklevel=2)
         audit.skipped_photos = list(aligned.skipped)
         return audit
+
+    # ---- reference counts ---------------------------------------------------------------------
+    def reference_counts(self) -> list[int]:
+        """References per audited identity (members then non-members)."""
+        m = torch.bincount(self.member_labels.long().cpu(), minlength=len(self.member_identities))
+        n = torch.bincount(self.nonmember_labels.long().cpu(), minlength=len(self.nonmember_identities))
+        return m.tolist() + n.tolist()
+
+    def equalize_references(self, count: int | None = None, seed: int = 0) -> "AuditSet":
+        """A copy with exactly ``count`` references per audited identity (default: the fewest any has).
+
+        Which references are kept is a seeded draw per identity; an identity with fewer than
+        ``count`` references raises ``DataError`` naming it.
+        """
+        have = self.reference_counts()
+        r = min(have) if count is None else int(count)
+        if r < 1:
+            raise DataError(f"count must be >= 1, got {count}")
+        short = [n for n, c in zip(self.identities, have) if c < r]
+        if short:
+            raise DataError(f"{len(short)} identities have fewer than {r} references (e.g. {short[0]}); "
+                            "lower the count or add photos of them")
+        if all(c == r for c in have):
+            return self
+        g = torch.Generator().manual_seed(int(seed))
+
+        def pick(images: torch.Tensor, labels: torch.Tensor, num: int) -> tuple[torch.Tensor, torch.Tensor]:
+            keep = []
+            for i in range(num):
+                rows = torch.nonzero(labels.cpu() == i).flatten()
+                keep.append(rows[torch.randperm(rows.numel(), generator=g)[:r]].sort().values)
+            idx = torch.cat(keep)
+            return images[idx.to(images.device)], labels[idx.to(labels.device)]
+
+        m_img, m_lab = pick(self.member_images, self.member_labels, len(self.member_identities))
+        n_img, n_lab = pick(self.nonmember_images, self.nonmember_labels, len(self.nonmember_identities))
+        out = AuditSet(m_img, m_lab, list(self.member_identities), n_img, n_lab, list(self.nonmember_identities),
+                       self.population_images, dict(self.train_counts), self.population_labels,
+                       None if self.population_identities is None else list(self.population_identities))
+        out.reference_equalized_from = (min(have), max(have))
+        return out
 
     # ---- conveniences --------------------------------------------------------------------------
     @property
