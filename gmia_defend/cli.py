@@ -1,4 +1,4 @@
-"""The ``gmia-defend`` command line: fit | demo | attack | train-embedder | sweep | report | configs.
+"""The ``gmia-defend`` command line: fit | demo | attack | watch | train-embedder | sweep | report | configs.
 
 Each subcommand lives in ``gmia_defend.commands.<name>`` and defines ``add_arguments(parser)`` and
 ``run(args) -> int``. ``fit`` is a LightningCLI and parses its own arguments (``main(argv)``).
@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "attack": ("attack", "run the identity membership attack on a generator"),
     "train-embedder": ("train_embedder", "train a small identity embedder on disjoint identities"),
     "sweep": ("sweep", "run a grid of fits and collect their audits"),
+    "watch": ("watch", "follow a training run (any loop, NVIDIA snapshots too) and audit each new snapshot"),
     "report": ("report", "plots and the release decision from a run's audits.jsonl"),
     "configs": ("configs", "list the configs that ship with the package, or print one"),
 }

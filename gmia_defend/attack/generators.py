@@ -1,26 +1,22 @@
 """Generators for the attack: adapt any callable to ``z -> images``, check its output, load it from disk.
 
 A generator is any callable ``z -> images`` (NCHW float). NVIDIA-style ``G(z, c)`` is called with
-``c=None`` (or zeros when it declares ``c_dim > 0``). ``load_generator`` turns a CLI spec into one:
-a Lightning checkpoint of ``gmia_defend.models.StyleGAN2`` (its ``G_ema``), ``module:function``
-(imported and called with no arguments), or a TorchScript file.
+``c=None`` (or zeros when it declares ``c_dim > 0``). ``load_generator`` (defined in
+``generator_loading``, re-exported here) turns a CLI spec or file into one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
-import sys
 import warnings
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gmia_defend.errors import GeneratorError, UserError
+from gmia_defend.errors import GeneratorError
 
 __all__ = ["GeneratorAdapter", "LatentSampler", "check_images", "eval_mode", "load_generator"]
 
@@ -39,7 +35,15 @@ def _required_positional(fn: Callable) -> int | None:
 
 
 class GeneratorAdapter:
-    """Calls a generator as ``z -> images`` whatever its signature; knows its ``z_dim`` and modules."""
+    """Calls a generator as ``z -> images`` whatever its signature; knows its ``z_dim`` and modules.
+
+    >>> import torch
+    >>> def generate(z, c):  # an NVIDIA-style signature
+    ...     return torch.zeros(z.shape[0], 3, 8, 8)
+    >>> adapter = GeneratorAdapter(generate, z_dim=4)
+    >>> tuple(adapter(torch.zeros(2, 4)).shape)
+    (2, 3, 8, 8)
+    """
 
     def __init__(self, generator: Callable, z_dim: int | None = None) -> None:
         if not callable(generator):
@@ -107,6 +111,10 @@ class LatentSampler:
     Latents come in blocks of ``block`` rows; block b is drawn on the CPU from a generator seeded by
     a hash of (seed, b), so any slice (a batch, a DDP shard, the evidence indices) is reproducible
     on any device.
+
+    >>> sampler = LatentSampler(seed=0, z_dim=4, block=8)
+    >>> bool((sampler.get(0, 10)[6:9] == sampler.get(6, 9)).all())
+    True
     """
 
     def __init__(self, seed: int, z_dim: int, block: int = 1024) -> None:
@@ -201,67 +209,4 @@ def check_images(x: Any, batch: int, input_range: tuple[float, float], warned: l
     return x.clamp_(-1.0, 1.0)
 
 
-# ---------------------------------------------------------------- loading from a CLI spec
-
-
-def _load_module_function(spec: str) -> Callable:
-    module_name, _, func_name = spec.partition(":")
-    if not module_name or not func_name:
-        raise UserError(f"bad generator spec {spec!r}; use a checkpoint path or 'package.module:function'")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise UserError(f"cannot import module {module_name!r} from generator spec {spec!r}: {err}; "
-                        "check the name and that it is on PYTHONPATH") from err
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise UserError(f"module {module_name!r} has no function {func_name!r} (generator spec {spec!r})")
-    generator = func()
-    if not callable(generator):
-        raise UserError(f"{spec} returned {type(generator).__name__}, not a generator callable (z -> images)")
-    return generator
-
-
-def _load_stylegan2_checkpoint(path: Path, trust_pickle: bool) -> nn.Module:
-    try:
-        from gmia_defend.models import StyleGAN2
-    except ImportError as err:  # pragma: no cover - the model package ships with gmia-defend
-        raise UserError(f"cannot load {path}: gmia_defend.models.StyleGAN2 is unavailable ({err})") from err
-    try:
-        module = StyleGAN2.load_from_checkpoint(str(path), map_location="cpu", weights_only=not trust_pickle)
-    except Exception as err:  # noqa: BLE001 - any failure to read the file is the user's to fix
-        hint = "" if trust_pickle else " (if you trust this file and it holds pickled objects, pass --trust-pickle)"
-        raise UserError(f"cannot load {path} as a gmia-defend StyleGAN2 checkpoint: {type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else ''}{hint}") from err
-    generator = getattr(module, "G_ema", None)
-    if not isinstance(generator, nn.Module):
-        raise UserError(f"checkpoint {path} has no G_ema generator; is it a gmia-defend StyleGAN2 checkpoint?")
-    return generator
-
-
-def load_generator(spec: str, device: str | torch.device | None = None, trust_pickle: bool = False) -> Callable:
-    """Load a generator from ``checkpoint.ckpt``, a TorchScript file, or ``module:function``."""
-    path = Path(spec).expanduser()
-    if path.exists():
-        if path.is_dir():
-            raise UserError(f"generator {spec!r} is a directory; pass a checkpoint file (.ckpt) or TorchScript file")
-        if path.suffix in _CHECKPOINT_SUFFIXES:
-            generator = _load_stylegan2_checkpoint(path, trust_pickle)
-        elif path.suffix == ".pkl":
-            raise UserError(f"{path} looks like an NVIDIA pickle: load it in Python with NVIDIA's code and pass "
-                            "'your_module:make_generator' (a function returning G_ema), or export TorchScript")
-        else:
-            try:
-                generator = torch.jit.load(str(path), map_location="cpu")
-            except Exception as err:  # noqa: BLE001
-                raise UserError(f"cannot read {path} as TorchScript ({type(err).__name__}); pass a Lightning "
-                                ".ckpt of StyleGAN2, a TorchScript file, or 'module:function'") from err
-    elif ":" in spec and not spec.endswith((".ckpt", ".pt", ".pth")):
-        generator = _load_module_function(spec)
-    else:
-        raise UserError(f"generator file {spec!r} does not exist; pass a checkpoint path or 'module:function'")
-    if device is not None and isinstance(generator, nn.Module):
-        generator = generator.to(device)
-    return generator
+from gmia_defend.attack.generator_loading import load_generator  # noqa: E402 - re-export
