@@ -24,20 +24,68 @@ import yaml
 from gmia_defend.errors import UserError
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "-m", "gmia_defend.cli", "fit", "${args}"]
+# Top-level keys of the wandb sweep format, and the keys a parameter may have.
+SWEEP_KEYS = {"name", "description", "program", "method", "parameters", "command", "metric",
+              "early_terminate", "run_cap", "project", "entity", "seed"}
+PARAMETER_KEYS = {"value", "values", "distribution", "min", "max", "mu", "sigma", "q", "probabilities"}
+RANDOM_DISTRIBUTIONS = {"uniform", "int_uniform"}
+
+
+def is_sweep(raw: Any) -> bool:
+    """Whether a parsed YAML file is a sweep (has ``method`` or ``parameters``), not a fit config.
+
+    >>> is_sweep({"method": "grid", "parameters": {"a": {"values": [1, 2]}}}), is_sweep({"trainer": {}})
+    (True, False)
+    """
+    return isinstance(raw, dict) and bool({"method", "parameters"} & set(raw))
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """1-based line of each top-level key and of each ``parameters.<name>`` entry of a YAML text."""
+    lines: dict[str, int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for key, value in root.value:
+        lines[str(key.value)] = key.start_mark.line + 1
+        if key.value == "parameters" and isinstance(value, yaml.MappingNode):
+            for pkey, _ in value.value:
+                lines[f"parameters.{pkey.value}"] = pkey.start_mark.line + 1
+    return lines
 
 
 @dataclass(frozen=True)
 class SweepRun:
-    """One concrete run of a sweep: its parameters and the command line that executes it."""
+    """One concrete run of a sweep: its parameters and the command line that executes it.
+
+    >>> run = SweepRun("n=2", {"n": 2}, ["gmia-defend", "fit", '--m={"unit": "image"}'])
+    >>> print(run.shell_command())
+    gmia-defend fit '--m={"unit": "image"}'
+    """
 
     name: str
     params: dict[str, Any]
     command: list[str]
 
+    def shell_command(self) -> str:
+        """The command quoted for a POSIX shell: it can be pasted as it is."""
+        return shlex.join(self.command)
+
 
 @dataclass
 class SweepConfig:
-    """A parsed sweep file."""
+    """A parsed sweep file (wandb sweep format), expanded into runs by :meth:`runs`.
+
+    >>> config = SweepConfig.from_dict({"method": "grid", "parameters": {
+    ...     "data.num_members": {"values": [32, 96]}, "data.member_image_budget": {"value": 9600}}})
+    >>> [run.params["data.num_members"] for run in config.runs()]
+    [32, 96]
+    >>> config.runs()[0].command[-2:]
+    ['--data.num_members=32', '--data.member_image_budget=9600']
+    """
 
     name: str
     method: str
@@ -50,47 +98,84 @@ class SweepConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "SweepConfig":
+        """Read a sweep YAML file; every problem is one line naming it and its line in the file."""
         path = Path(path)
         if not path.is_file():
             raise UserError(f"sweep config {path} does not exist; pass a YAML file such as "
-                            "configs/sweeps/diversity.yaml")
+                            "configs/sweeps/diversity.yaml or a shipped name such as sweeps/diversity")
+        text = path.read_text()
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            raise UserError(f"sweep config {path} is not valid YAML ({err}); fix the syntax") from None
-        return cls.from_dict(raw, name=path.stem, source=str(path))
+            mark = getattr(err, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise UserError(f"{path}{line}: not valid YAML ({problem}); fix the syntax") from None
+        return cls.from_dict(raw, name=path.stem, source=str(path), lines=key_lines(text))
 
     @classmethod
-    def from_dict(cls, raw: Any, name: str = "sweep", source: str | None = None) -> "SweepConfig":
-        where = source or name
+    def from_dict(cls, raw: Any, name: str = "sweep", source: str | None = None,
+                  lines: dict[str, int] | None = None) -> "SweepConfig":
+        """Check ``raw`` against the wandb sweep format; ``lines`` (from :func:`key_lines`) locates errors."""
+        lines = lines or {}
+        where_file = source or name
+
+        def fail(problem: str, key: str | None = None) -> UserError:
+            line = lines.get(key) if key else None
+            return UserError(f"{where_file}{f':{line}' if line else ''}: {problem}")
+
         if not isinstance(raw, dict):
-            raise UserError(f"sweep config {where} must be a mapping with 'method' and 'parameters'")
-        method = raw.get("method", "grid")
+            raise fail("a sweep config must be a mapping with 'method' and 'parameters' (wandb sweep format)")
+        if not is_sweep(raw):
+            raise fail("not a sweep config (wandb sweep format needs 'method' and 'parameters'); "
+                       "a fit config runs with `gmia-defend fit --config FILE`", next(iter(raw), None))
+        unknown = [k for k in raw if k not in SWEEP_KEYS]
+        if unknown:
+            raise fail(f"unknown key {unknown[0]!r}: a wandb sweep config has only "
+                       f"{', '.join(sorted(SWEEP_KEYS))}", str(unknown[0]))
+        if "method" not in raw:
+            raise fail("missing 'method': add `method: grid` (or `random` with `run_cap`)", "parameters")
+        method = raw["method"]
         if method not in ("grid", "random"):
-            raise UserError(f"sweep config {where}: method {method!r} is not supported here; "
-                            "use 'grid' or 'random' (bayes needs the W&B server: run `wandb sweep`)")
+            raise fail(f"method {method!r} is not supported here; use 'grid' or 'random' with 'run_cap' "
+                       "(bayes needs the W&B server: run `wandb sweep`)", "method")
         params = raw.get("parameters")
         if not isinstance(params, dict) or not params:
-            raise UserError(f"sweep config {where}: 'parameters' must map option names "
-                            "(e.g. data.num_members) to {{values: [...]}}")
+            raise fail("'parameters' is empty or missing: map option names (e.g. data.num_members) "
+                       "to {values: [...]}", "parameters" if "parameters" in raw else "method")
         for key, spec in params.items():
+            pline = f"parameters.{key}"
             if not isinstance(spec, dict) or not ({"value", "values", "distribution", "min"} & set(spec)):
-                raise UserError(f"sweep config {where}: parameter {key!r} needs 'value', 'values' "
-                                "or 'distribution'/'min'/'max'")
+                raise fail(f"parameter {key!r} needs 'value', 'values' or 'distribution'/'min'/'max'", pline)
+            bad = [k for k in spec if k not in PARAMETER_KEYS]
+            if bad:
+                raise fail(f"parameter {key!r}: unknown key {bad[0]!r} (nested 'parameters' are not "
+                           f"supported here; give the whole value in 'values')", pline)
             if method == "grid" and "values" not in spec and "value" not in spec:
-                raise UserError(f"sweep config {where}: grid search needs 'values' (or 'value') "
-                                f"for parameter {key!r}")
+                raise fail(f"grid search needs 'values' (or 'value') for parameter {key!r}", pline)
             if "values" in spec and (not isinstance(spec["values"], list) or not spec["values"]):
-                raise UserError(f"sweep config {where}: 'values' of {key!r} must be a non-empty list")
+                raise fail(f"'values' of {key!r} must be a non-empty list", pline)
+            if method == "random" and "value" not in spec and "values" not in spec:
+                dist = spec.get("distribution", "uniform")
+                if dist not in RANDOM_DISTRIBUTIONS or "min" not in spec or "max" not in spec:
+                    raise fail(f"parameter {key!r}: random search here draws from 'uniform' or 'int_uniform' "
+                               "with 'min' and 'max' (or from 'values')", pline)
         command = raw.get("command", DEFAULT_COMMAND)
-        if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
-            raise UserError(f"sweep config {where}: 'command' must be a list of strings")
+        if not isinstance(command, list) or not all(isinstance(c, str) for c in command) or not command:
+            raise fail("'command' must be a non-empty list of strings", "command")
         run_cap = raw.get("run_cap")
+        if run_cap is not None and (isinstance(run_cap, bool) or not isinstance(run_cap, int) or run_cap < 1):
+            raise fail(f"'run_cap' must be a positive integer, got {run_cap!r}", "run_cap")
         if method == "random" and not run_cap:
-            raise UserError(f"sweep config {where}: a random sweep needs 'run_cap' (how many runs)")
+            raise fail("a random sweep needs 'run_cap' (how many runs to draw)", "method")
         return cls(name=str(raw.get("name", name)), method=method, parameters=params,
                    command=list(command), program=raw.get("program"), run_cap=run_cap,
                    seed=int(raw.get("seed", 0)), source=source)
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two sweep files the same sweep (a sweep folder holds runs of one identity)."""
+        return {"method": self.method, "parameters": self.parameters, "command": self.command,
+                "program": self.program, "run_cap": self.run_cap, "seed": self.seed}
 
     def runs(self) -> list[SweepRun]:
         """Expand into concrete runs, in a stable order (grid: lexicographic over parameters)."""
