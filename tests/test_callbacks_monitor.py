@@ -20,10 +20,14 @@ from dcgan_module import DCGAN
 from gmia_defend.callbacks import IdentityLeakageMonitor, LeakageEarlyStopping, ReleaseCheckpointSelector
 from gmia_defend.errors import UserError
 from gmia_defend.io import read_jsonl
-from gmia_defend.report.release import select_release
+from gmia_defend.audit import AuditRecord, load_release, select_release
 
 KEYS = ("leakage/auc", "leakage/tpr_at_1pct_fpr", "leakage/tpr_at_0.1pct_fpr", "leakage/advantage",
         "leakage/auc_ci_low", "leakage/auc_ci_high", "leakage/leak_rate", "quality/fd_tiny", "progress/kimg")
+
+
+def _finite(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if v == v}
 
 
 def test_dcgan_module_is_plain():
@@ -61,19 +65,40 @@ def test_plain_dcgan_with_all_three_callbacks(cb_world, tmp_path):
         assert r["metrics"]["quality/fd_tiny"] > 0 and r["num_samples"] == 128
         assert {row["identity"] for row in r["identities"]} == set(cb_world.audit.member_identities) | set(
             cb_world.audit.nonmember_identities)  # the local file keeps real names
-        assert (tmp_path / r["checkpoint"]).is_file() and (tmp_path / r["evidence"]).is_file()
+        assert (tmp_path / r["evidence"]).is_file()
+        assert {row["half"] for row in r["identities"]} == {"selection", "confirmation"}
+        assert {"selection/leakage/auc", "confirmation/leakage/auc"} <= set(r["metrics"])
+    # only audits that could still be released keep a generator file (never the untrained one at 0 kimg)
+    assert lines[0]["checkpoint"] is None
+    kept = sorted(p.name for p in (tmp_path / "audits").glob("*.ckpt"))
+    assert 1 <= len(kept) <= 3 and all(Path(r["checkpoint"]).name in kept for r in lines if r["checkpoint"]
+                                       and (tmp_path / r["checkpoint"]).is_file())
     # monitorable by Lightning callbacks
     assert "leakage/auc" in trainer.callback_metrics and "quality/fd_tiny" in trainer.callback_metrics
     # release: same decision as the pure rule on the file, copied checkpoint loads safely
     release = json.loads((tmp_path / "release.json").read_text())
-    expected = select_release(lines, 0.999, min_kimg=0.01)
+    expected = select_release(lines, budget=0.999, min_kimg=0.01)
     assert release["chosen"]["kimg"] == expected["chosen"]["kimg"] != 0.0
     assert len(release["candidates"]) == 4 and "ties" in release["rule"]
+    assert release["candidates"][0]["excluded_by"] == "untrained"
     chosen_batches = round(release["chosen"]["kimg"] * 1000 / 16)
     assert release["epsilon"] == release["chosen"]["metrics"]["privacy/epsilon"] == 0.5 * chosen_batches
     assert release["epsilon_at_end"] == 5.0
+    # reported figures come from the confirmation half, the selection half's beside them
+    chosen = AuditRecord.from_json(next(r for r in lines if r["kimg"] == release["chosen"]["kimg"]))
+    reported = {k: v for k, v in release["reported"].items() if v is not None}  # JSON null = NaN
+    assert reported == pytest.approx(_finite(chosen.half_metrics("confirmation"))) and "leakage/auc" in reported
+    assert release["selection_figures"]["leakage/auc"] == chosen.metric("selection/leakage/auc")
+    assert "identity split" in release["correction"]
+    assert release["selection_uses_private_data"] is True and release["epsilon_covers_selection"] is False
+    # release.ckpt: the generator's fp32 weights and the model's hyper-parameters, nothing else
     ckpt = torch.load(tmp_path / "release.ckpt", weights_only=True, map_location="cpu")
-    assert ckpt["global_step"] == release["chosen"]["step"]
+    assert set(ckpt) == {"format", "version", "module_class", "hparams", "generator_attr", "state_dict", "z_dim"}
+    assert all(k.startswith(("fc.", "net.")) for k in ckpt["state_dict"])
+    assert ckpt["module_class"] == "dcgan_module:DCGAN" and ckpt["generator_attr"] == "generator"
+    released = load_release(tmp_path / "release.ckpt")
+    z = torch.randn(4, 32)
+    assert released(z).shape == (4, 3, 16, 16) and not released.training
     assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == [
         "identities.png", "leakage_vs_kimg.png", "leakage_vs_quality.png", "quality_vs_kimg.png"]
     assert stopper.stopping_reason.name == "NOT_STOPPED" and trainer.global_step == 20

@@ -10,7 +10,7 @@ import stat
 from gmia_defend.cli import main as cli_main
 from gmia_defend.io import append_jsonl
 from gmia_defend.report.pseudonyms import Pseudonymizer, pseudonym, resolve_key
-from gmia_defend.report.release import select_release
+from gmia_defend.audit import select_release
 
 
 def _rec(kimg, auc, fd, hi=None, ckpt=True, **extra):
@@ -51,11 +51,12 @@ def test_nothing_released_when_all_exceed_and_failures_are_listed():
 
 
 def test_min_kimg_missing_checkpoint_nan_and_no_quality():
-    records = [_rec(0, 0.5, 50.0), _rec(1, math.nan, 1.0), _rec(2, 0.55, 6.0, ckpt=False), _rec(3, 0.58, 7.0)]
+    records = [_rec(0.25, 0.5, 50.0), _rec(1, math.nan, 1.0), _rec(2, 0.55, 6.0, ckpt=False), _rec(3, 0.58, 7.0)]
     d = select_release(records, budget=0.6, min_kimg=0.5, require_checkpoint=True)
     assert d["chosen"]["kimg"] == 3
     reasons = {c["kimg"]: c["reason"] for c in d["candidates"]}
-    assert "min_kimg" in reasons[0] and "not measured" in reasons[1] and "checkpoint" in reasons[2]
+    assert "min_kimg" in reasons[0.25] and "not measured" in reasons[1] and "checkpoint" in reasons[2]
+    assert [c["excluded_by"] for c in d["candidates"]] == ["min_kimg", "not_measured", "no_checkpoint", None]
     plain = [{"kimg": k, "metrics": {"leakage/auc": a}} for k, a in ((1, 0.5), (2, 0.55), (3, 0.7))]
     d2 = select_release(plain, budget=0.6)
     assert d2["quality_metric"] is None and d2["chosen"]["kimg"] == 2 and "latest" in d2["rule"]

@@ -115,6 +115,12 @@ class Auditor:
                 self.quality = self._build_quality(device)
         return self
 
+    def prepare(self, device: Any = None) -> "Auditor":
+        """``build`` plus the real-image statistics: configuration errors surface here, before any audit."""
+        self.build(device)
+        self._ensure_real()
+        return self
+
     def _build_quality(self, device: Any) -> Any:
         from gmia_defend.quality.fid import FrechetQuality
 

@@ -41,7 +41,11 @@ CORRECTION_NONE = ("none: the audits did not split their identities, so the repo
 
 @dataclass(frozen=True)
 class ReleaseRule:
-    """Options of ``select_release``; ``min_kimg`` and ``min_quality_gain`` keep untrained generators out."""
+    """Options of ``select_release``; ``min_kimg`` and ``min_quality_gain`` keep untrained generators out.
+
+    ``use_leakage=False`` selects on quality alone (with a public quality reference, a choice that
+    uses no private data, so a DP epsilon covers it); leakage is still reported.
+    """
 
     budget: float = DEFAULT_BUDGET
     metric: str = DEFAULT_METRIC
@@ -51,6 +55,7 @@ class ReleaseRule:
     alpha: float | None = None
     halves: bool = True
     require_checkpoint: bool = False
+    use_leakage: bool = True
 
     def __post_init__(self) -> None:
         _check_common(self.metric, self.alpha)
@@ -167,11 +172,11 @@ def _candidate(r: AuditRecord, rule: ReleaseRule, qkey: str | None, halves: bool
         why = ("untrained", "the untrained generator (0 kimg) is never released")
     elif r.kimg < rule.min_kimg:
         why = ("min_kimg", f"before min_kimg ({_fmt(r.kimg)} < {rule.min_kimg:g})")
-    elif not math.isfinite(leak):
+    elif rule.use_leakage and not math.isfinite(leak):
         why = ("not_measured", f"{label} not measured")
-    elif leak > rule.budget:
+    elif rule.use_leakage and leak > rule.budget:
         why = ("budget", f"{label} {_fmt(leak)} > budget {rule.budget:g}")
-    elif rule.alpha is not None and math.isfinite(p) and p < rule.alpha:
+    elif rule.use_leakage and rule.alpha is not None and math.isfinite(p) and p < rule.alpha:
         why = ("p_value", f"leakage is significant: p-value {_fmt(p)} < alpha {rule.alpha:g}")
     elif qkey and not math.isfinite(qual):
         why = ("not_measured", f"{qkey} not measured")
@@ -199,6 +204,10 @@ def _ranking_reason(c: dict, chosen: dict, qkey: str | None, label: str, n: int)
 
 
 def _rule_text(rule: ReleaseRule, qkey: str | None, label: str) -> str:
+    if not rule.use_leakage:
+        text = (f"release the audited checkpoint with the lowest {qkey}; leakage is reported but not used to "
+                "choose (use_leakage=False)" if qkey else "release the latest audited checkpoint (use_leakage=False)")
+        return text + "; the untrained generator (0 kimg) is never released"
     text = (f"release the audited checkpoint with the lowest {qkey} among those with {label} <= {rule.budget:g}; "
             f"ties: lowest {label}, then earliest kimg" if qkey else
             f"no quality metric recorded: release the latest audited checkpoint with {label} <= {rule.budget:g}")

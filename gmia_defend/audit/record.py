@@ -145,6 +145,9 @@ class AuditRecord:
         data = self.to_json()
         return data.get(key, default)
 
+    def keys(self) -> Any:
+        return self.to_json().keys()
+
     def __getitem__(self, key: str) -> Any:
         data = self.to_json()
         if key not in data:

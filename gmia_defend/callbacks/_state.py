@@ -1,22 +1,31 @@
-"""Helpers shared by the leakage callbacks: run folder, progress (kimg), finding the monitor, logging.
+"""Helpers shared by the callbacks: run folder, progress (kimg), audit listeners, epsilon.
 
-Private: the public classes are ``IdentityLeakageMonitor``, ``LeakageEarlyStopping`` and
-``ReleaseCheckpointSelector``. The monitor calls ``on_leakage_audit(trainer, pl_module, record)`` on
-every callback that defines it (ordered by their ``audit_order``), right after each audit and before
-the record is written, so a listener can stop training or save a checkpoint for that audit.
+The listener channel. The monitor calls, on every callback that defines them (ordered by their
+``audit_order``, lower first; the trainer's callback list itself is never reordered):
+
+- ``on_leakage_audit(trainer, pl_module, record)`` right after each audit, on every process, before
+  the record is written: ``record`` is an ``AuditRecord`` (dict-style ``record["kimg"]`` works too)
+  with three extra attributes, ``run_dir`` (the monitor's run folder), ``generator`` (the module that
+  was audited) and ``generator_attr`` (its attribute name on the LightningModule, or None). A listener
+  may set ``record.checkpoint`` (the release selector does).
+- ``on_leakage_audits_end(trainer, pl_module, records)`` once at the end of training, after the final
+  audit, with every record of the run. A listener with ``writes_report = True`` writes the report
+  figures itself (the monitor then does not).
+
+Other callbacks find a monitor by its ``emits_leakage_audits`` attribute and read figures such as
+``privacy/epsilon`` from ``trainer.callback_metrics``: no callback imports another.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    from gmia_defend.callbacks.leakage import IdentityLeakageMonitor
+from gmia_defend.audit.log import kimg_tag  # noqa: F401 - re-exported for older imports
 
 
 def resolve_run_dir(trainer: pl.Trainer, run_dir: str | Path | None) -> Path:
@@ -24,17 +33,12 @@ def resolve_run_dir(trainer: pl.Trainer, run_dir: str | Path | None) -> Path:
     return Path(run_dir) if run_dir is not None else Path(trainer.default_root_dir)
 
 
-def find_monitor(trainer: pl.Trainer) -> "IdentityLeakageMonitor | None":
-    from gmia_defend.callbacks.leakage import IdentityLeakageMonitor
-
-    for cb in trainer.callbacks:
-        if isinstance(cb, IdentityLeakageMonitor):
-            return cb
-    return None
+def has_monitor(trainer: pl.Trainer) -> bool:
+    return any(getattr(cb, "emits_leakage_audits", False) for cb in trainer.callbacks)
 
 
-def audit_listeners(trainer: pl.Trainer) -> list[Any]:
-    found = [cb for cb in trainer.callbacks if callable(getattr(cb, "on_leakage_audit", None))]
+def audit_listeners(trainer: pl.Trainer, hook: str = "on_leakage_audit") -> list[Any]:
+    found = [cb for cb in trainer.callbacks if callable(getattr(cb, hook, None))]
     return sorted(found, key=lambda cb: getattr(cb, "audit_order", 50))
 
 
@@ -62,40 +66,16 @@ def module_kimg(pl_module: pl.LightningModule) -> float | None:
     return None
 
 
-def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Only float-convertible values (loggers reject strings)."""
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, bool):
-            continue
-        try:
-            out[k] = float(v)
-        except (TypeError, ValueError):
-            continue
-    return out
+def metric_of(trainer: pl.Trainer, key: str) -> float | None:
+    """A finite float from ``trainer.callback_metrics`` (e.g. ``privacy/epsilon``), else None."""
+    value = trainer.callback_metrics.get(key)
+    try:
+        value = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def current_epsilon(trainer: pl.Trainer) -> float | None:
-    """Epsilon recorded by a privacy monitor: ``privacy/epsilon`` in callback_metrics or an attribute."""
-    value = trainer.callback_metrics.get("privacy/epsilon")
-    if value is None:
-        for cb in trainer.callbacks:
-            for attr in ("epsilon", "last_epsilon", "current_epsilon"):
-                v = getattr(cb, attr, None)
-                if v is not None and not callable(v):
-                    value = v
-                    break
-            if value is not None:
-                break
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def kimg_tag(kimg: float) -> str:
-    """File-name form of a kimg value that sorts in order: ``000012.288``."""
-    return f"{float(kimg):010.3f}"
+    """Epsilon recorded by a privacy monitor (``privacy/epsilon`` in ``trainer.callback_metrics``)."""
+    return metric_of(trainer, "privacy/epsilon")

@@ -1,47 +1,47 @@
-"""IdentityLeakageMonitor: audit the training generator for identity leakage, next to FID, on a schedule.
+"""IdentityLeakageMonitor: audit the training generator for identity leakage, next to quality, on a schedule.
 
-At each cadence point (every ``every_n_kimg`` thousand real images, ``every_n_steps`` batches or
-``every_n_epochs`` epochs) and once at the end of training, the callback runs the identity membership
-attack on the current generator and feeds the SAME generated batches to a Fréchet distance (one
-generation pass; with the embedder's feature space the attack's embeddings are reused too). It
+A thin Lightning adapter over ``gmia_defend.audit``: it decides when to audit (every
+``every_n_kimg`` thousand real images, ``every_n_steps`` batches or ``every_n_epochs`` epochs, and
+once at the end), hands the generator to an ``Auditor`` (one generation pass feeds the attack and the
+quality metric), glues the shards together under DDP, logs ``leakage/*`` and ``quality/*`` with
+``pl_module.log`` (so ``EarlyStopping``/``ModelCheckpoint`` can monitor them) and to every logger
+(W&B: identity names as keyed pseudonyms), and appends each record to ``<run_dir>/audits.jsonl``
+through an ``AuditLog``. Listeners are told about each record (see ``callbacks._state``).
 
-- logs ``leakage/*`` and ``quality/*`` with ``pl_module.log`` (so ``EarlyStopping`` /
-  ``ModelCheckpoint`` can monitor them) and sends them, with ``progress/kimg``, to every logger;
-- appends one JSON line per audit to ``<run_dir>/audits.jsonl`` (real identity names: local file)
-  and writes the evidence grid of the most leaked identities to ``<run_dir>/evidence/``;
-- with a WandbLogger: kimg as x-axis, per-identity table and chart, evidence image, audit table,
-  identity names replaced by keyed pseudonyms unless ``pseudonymize=False``;
-- tells ``LeakageEarlyStopping`` / ``ReleaseCheckpointSelector`` (``on_leakage_audit``).
+Its ``state_dict`` keeps the audit history without per-identity tables (those stay in the run
+folder), so a resumed run continues it without duplicates. A failing audit is recorded and warned
+about; training goes on unless ``fail_on_error``. Auditing never changes training: every random
+state and every module buffer is left as it was.
 
-Its ``state_dict`` holds the audit history, so a run resumed from a checkpoint continues it without
-duplicates. Under DDP every process generates its shard of the fixed latents and the statistics are
-all-gathered; the result equals one process's, and only rank 0 writes files. A failing audit (e.g.
-a generator producing NaN) is recorded and warned about; training goes on unless ``fail_on_error``.
+Example (attached to any GAN LightningModule; only the generator's attribute name is needed):
+
+    >>> monitor = IdentityLeakageMonitor(embedder="synthetic", generator="G_ema", every_n_kimg=4.0,
+    ...                                  num_samples=1000)
+    >>> monitor.every_n_kimg, monitor.history
+    (4.0, [])
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from gmia_defend.callbacks._state import (audit_listeners, batch_size_of, kimg_tag, module_kimg,
-                                          resolve_run_dir, scalar_metrics)
+from gmia_defend.audit.auditor import Auditor, load_embedders
+from gmia_defend.audit.log import AuditLog, audit_records
+from gmia_defend.audit.record import KIMG, LEAKAGE_PREFIX, PRIVACY_PREFIX, QUALITY_PREFIX, AuditRecord
+from gmia_defend.callbacks._loggers import log_to_loggers
+from gmia_defend.callbacks._real_images import QUALITY_REFERENCES, real_images_for
+from gmia_defend.callbacks._state import audit_listeners, batch_size_of, module_kimg, resolve_run_dir
 from gmia_defend.errors import UserError
-from gmia_defend.io import append_jsonl, read_jsonl, write_jsonl_atomic
+from gmia_defend.rng import preserved_rng
 
-AUDITS_FILE = "audits.jsonl"
-IDENTITY_FIELDS = ("identity", "member", "train_count", "score", "max_sim", "topk_mean", "matches",
-                   "match_rate", "calibrated")
 DEFAULT_EVERY_N_KIMG = 100.0
 
 
@@ -49,86 +49,46 @@ class _PeerAuditFailed(RuntimeError):
     """Another process's share of the audit failed (raised on the healthy processes)."""
 
 
-class _SharedEmbedding(nn.Module):
-    """Wraps an embedder so the attack's embeddings of generated batches also feed the Fréchet distance.
-
-    ``expect(images)`` marks a generated batch; when the attack embeds exactly that tensor the output
-    goes to ``sink`` too. Anything else (references, evidence) passes through untouched.
-    """
-
-    def __init__(self, embedder: nn.Module) -> None:
-        super().__init__()
-        self.inner = embedder
-        self.pending: torch.Tensor | None = None
-        self.sink: Callable[[torch.Tensor], None] | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            modules = self.__dict__.get("_modules")
-            if name.startswith("__") or not modules or "inner" not in modules:
-                raise
-            return getattr(modules["inner"], name)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.inner(images)
-        if self.pending is not None and images is self.pending and self.sink is not None:
-            self.sink(out)
-            self.pending = None
-        return out
-
-
-@contextlib.contextmanager
-def _preserve_rng(device: torch.device) -> Iterator[None]:
-    """Leave torch / numpy / python RNG states as they were: auditing must not change training."""
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    np_state, py_state = np.random.get_state(), random.getstate()
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            np.random.set_state(np_state)
-            random.setstate(py_state)
-
-
 class IdentityLeakageMonitor(pl.Callback):
-    """Audit identity leakage (and FID) of the generator while it trains.
+    """Audit identity leakage (and quality) of the generator while it trains.
 
     Args:
-        embedder: an ``Embedder``, a spec for ``gmia_defend.embedders.load_embedder`` (``"synthetic"``,
-            ``"facenet"``, a saved ``.pt``) or a list of them (worst case over embedders).
+        embedder: an ``Embedder``, a spec (``"synthetic"``, ``"facenet"``, a saved ``.pt``) or a list
+            (worst case over embedders). A spec is loaded without touching any global RNG.
         audit: an ``AuditSet``; None takes ``trainer.datamodule.audit_set`` (``IdentityDataModule``).
         generator: attribute name of the generator on the LightningModule (``"G_ema"``), a callable
             ``pl_module -> generator``, or an ``nn.Module``.
         every_n_kimg / every_n_steps / every_n_epochs: the cadence (one of them; default
-            ``every_n_kimg=100``). kimg comes from ``pl_module.kimg`` / ``images_seen`` when the
-            module has them, else from counting training batches.
+            ``every_n_kimg=100``). kimg comes from ``pl_module.kimg`` / ``images_seen`` when the module
+            has them, else from counting training images.
         num_samples, batch_size, seed: generated samples per audit (the same latents every time).
-        fid: also measure quality. ``fid_weights_path`` (local InceptionV3 FID weights) gives
-            ``quality/fid``; without it the Fréchet distance in the (first) embedder's space,
-            ``quality/fd_<name>``, is used.
-        real_images: real images for the quality reference (a tensor, or a callable ``trainer ->
-            tensor``); None samples ``num_real_images`` (default ``num_samples``) from the training set.
+        fid: also measure quality. ``fid_weights_path`` (local Inception FID weights) gives
+            ``quality/fid``; else the Fréchet distance in the first embedder's space.
+        quality_reference: the real images quality is measured against: ``"train"`` (a sample of the
+            training set; private data), ``"population"`` (the audit set's population identities, never
+            trained on: public) or a tensor / callable ``trainer -> tensor`` you give (``real_images``
+            is the same as a tensor here).
+        halves: split the audited identities into a selection and a confirmation half (the release
+            rule selects on one, the reported figures come from the other).
         run_dir: where ``audits.jsonl``, evidence and plots go (default ``trainer.default_root_dir``).
         fail_on_error: re-raise a failed audit instead of recording it and training on.
-        pseudonymize, pseudonym_key: keyed pseudonyms for identity names sent to loggers.
+        pseudonymize, pseudonym_key: keyed pseudonyms for identity names sent to remote loggers.
         progress: progress bar during the attack.
-        audit_at_start: also audit when training starts (a baseline point at the starting kimg).
-        audit_on_train_end: audit once more when training ends (if not already audited there).
+        audit_at_start / audit_on_train_end: also audit when training starts / ends.
         evidence: write the evidence grid (reference photo beside the nearest generated faces).
         attack_options: extra keyword arguments for ``IdentityMembershipAttack``.
     """
 
+    emits_leakage_audits = True  # how the other callbacks find a monitor without importing this module
+
     def __init__(self, embedder: Any = "synthetic", audit: Any = None, generator: Any = "G_ema",
                  every_n_kimg: float | None = None, every_n_steps: int | None = None,
                  every_n_epochs: int | None = None, num_samples: int = 5000, batch_size: int = 256,
-                 seed: int = 0, fid: bool = True, fid_weights_path: str | None = None,
-                 real_images: Any = None, num_real_images: int | None = None, run_dir: str | None = None,
-                 fail_on_error: bool = False, pseudonymize: bool = True, pseudonym_key: str | None = None,
-                 progress: bool = True, audit_at_start: bool = False, audit_on_train_end: bool = True,
-                 evidence: bool = True, attack_options: dict | None = None) -> None:
+                 seed: int = 0, fid: bool = True, fid_weights_path: str | None = None, real_images: Any = None,
+                 num_real_images: int | None = None, quality_reference: Any = "train", halves: bool = True,
+                 run_dir: str | None = None, fail_on_error: bool = False, pseudonymize: bool = True,
+                 pseudonym_key: str | None = None, progress: bool = True, audit_at_start: bool = False,
+                 audit_on_train_end: bool = True, evidence: bool = True, attack_options: dict | None = None) -> None:
         super().__init__()
         given = [v is not None for v in (every_n_kimg, every_n_steps, every_n_epochs)]
         if sum(given) > 1:
@@ -141,50 +101,45 @@ class IdentityLeakageMonitor(pl.Callback):
                 raise UserError(f"{name} must be > 0; got {value}")
         if int(num_samples) < 2:
             raise UserError(f"num_samples must be >= 2; got {num_samples}")
-        self.embedder_spec = embedder
-        self.audit = audit
-        self.generator = generator
+        if isinstance(quality_reference, str) and quality_reference not in QUALITY_REFERENCES:
+            raise UserError(f"quality_reference must be one of {', '.join(QUALITY_REFERENCES)}, a tensor or a "
+                            f"callable; got {quality_reference!r}")
+        self.embedder_spec, self.audit, self.generator = embedder, audit, generator
         self.every_n_kimg = float(every_n_kimg) if every_n_kimg is not None else None
         self.every_n_steps = int(every_n_steps) if every_n_steps is not None else None
         self.every_n_epochs = int(every_n_epochs) if every_n_epochs is not None else None
         self.num_samples, self.batch_size, self.seed = int(num_samples), int(batch_size), int(seed)
         self.fid, self.fid_weights_path = bool(fid), fid_weights_path
-        self.real_images, self.num_real_images = real_images, num_real_images
+        self.quality_reference = real_images if real_images is not None else quality_reference
+        self.num_real_images, self.halves = num_real_images, bool(halves)
         self.run_dir_arg = run_dir
         self.fail_on_error, self.pseudonymize, self.pseudonym_key = fail_on_error, pseudonymize, pseudonym_key
         self.progress, self.audit_at_start, self.audit_on_train_end = progress, audit_at_start, audit_on_train_end
         self.evidence = evidence
         self.attack_options = dict(attack_options or {})
-        # resumable state
-        self.history: list[dict] = []
-        self._images = 0
-        self._batches = 0
-        self._cadence_index = 0
-        # per-fit runtime
+        self.history: list[AuditRecord] = []  # resumable state
+        self._images, self._batches, self._cadence_index = 0, 0, 0
         self.run_dir: Path | None = None
-        self.embedders: list[nn.Module] | None = None
-        self.quality: Any = None
-        self._attack: Any = None
-        self._shared: _SharedEmbedding | None = None
-        self._pseudo: Any = None
+        self.auditor: Auditor | None = None
+        self.log: AuditLog | None = None
         self._wandb: dict[int, Any] = {}
-        self._finished = False
-        self._reduced = False
+        self._finished, self._reduced = False, False
         self._fit_start = time.time()
         self.seconds_spent = 0.0  # wall time inside audits (incl. listeners' checkpoints and outputs), this process
 
     # ------------------------------------------------------------------------------- public helpers
     @property
-    def latest(self) -> dict | None:
+    def latest(self) -> AuditRecord | None:
         """The latest successful audit record (None before the first)."""
-        return next((r for r in reversed(self.history) if not r.get("error")), None)
+        return next((r for r in reversed(self.history) if r.ok), None)
 
     @property
     def quality_key(self) -> str | None:
-        return self.quality.key if self.quality is not None else None
+        quality = self.auditor.quality if self.auditor is not None else None
+        return quality.key if quality is not None else None
 
     def kimg(self, pl_module: pl.LightningModule) -> float:
-        """Thousands of real images shown so far (module's own count, else counted batches)."""
+        """Thousands of real images shown so far (module's own count, else counted images)."""
         value = module_kimg(pl_module)
         return value if value is not None else self._images / 1000.0
 
@@ -193,27 +148,25 @@ class IdentityLeakageMonitor(pl.Callback):
         if stage != "fit":
             return
         self.run_dir = resolve_run_dir(trainer, self.run_dir_arg)
-        if self.embedders is None:
-            self.embedders = self._load_embedders()
-        if self._pseudo is None:
-            from gmia_defend.report.pseudonyms import Pseudonymizer
+        self.log = AuditLog(self.run_dir, self.pseudonymize, self.pseudonym_key, self.evidence,
+                            write=trainer.is_global_zero)
+        if self.auditor is None:
+            self.auditor = Auditor(
+                load_embedders(self.embedder_spec), lambda: self._resolve_audit(trainer), self.num_samples,
+                self.batch_size, self.seed, quality=self.fid, fid_weights_path=self.fid_weights_path,
+                real_images=lambda: self._real_images(trainer), halves=self.halves, progress=self.progress,
+                attack_options=self.attack_options)
+        self._keep_split_out_of_remote_loggers(trainer)
 
-            self._pseudo = Pseudonymizer(self.pseudonym_key, self.run_dir if trainer.is_global_zero else None,
-                                         enabled=self.pseudonymize)
+    def _keep_split_out_of_remote_loggers(self, trainer: pl.Trainer) -> None:
+        """The datamodule's hyper-parameters name the dataset and the split seed: not for remote services."""
+        from gmia_defend.report.wandb import wandb_loggers
 
-    def _load_embedders(self) -> list[nn.Module]:
-        specs = self.embedder_spec if isinstance(self.embedder_spec, (list, tuple)) else [self.embedder_spec]
-        if not specs:
-            raise UserError("IdentityLeakageMonitor needs at least one embedder")
-        out = []
-        for spec in specs:
-            if isinstance(spec, nn.Module) or (callable(spec) and not isinstance(spec, (str, Path))):
-                out.append(spec)
-            else:
-                from gmia_defend.embedders import load_embedder
-
-                out.append(load_embedder(spec))
-        return out
+        dm = getattr(trainer, "datamodule", None)
+        if self.pseudonymize and dm is not None and wandb_loggers(trainer) and getattr(dm, "hparams", None):
+            dm._log_hyperparams = False  # noqa: SLF001 - Lightning's switch for logging datamodule hparams
+            rank_zero_info("IdentityLeakageMonitor: the datamodule's hyper-parameters (dataset, split seed) are "
+                           "not sent to W&B; they stay in the run folder's config (pseudonymize=False sends them)")
 
     def _resolve_audit(self, trainer: pl.Trainer) -> Any:
         if self.audit is not None:
@@ -225,29 +178,10 @@ class IdentityLeakageMonitor(pl.Callback):
                             "split), or train with an IdentityDataModule (its .audit_set is used)")
         return audit
 
-    def _build(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Create the attack and the quality metric once (first audit)."""
-        from gmia_defend.attack import IdentityMembershipAttack
-
-        if self.embedders is None:
-            self.embedders = self._load_embedders()
-        for e in self.embedders:
-            if isinstance(e, nn.Module):
-                e.to(pl_module.device)
-        attack_embedders: list[Any] = list(self.embedders)
-        if self.fid:
-            from gmia_defend.quality.fid import FrechetQuality
-
-            if self.fid_weights_path:
-                self.quality = FrechetQuality.inception(self.fid_weights_path).to(pl_module.device)
-            else:
-                self.quality = FrechetQuality.for_embedder(self.embedders[0], batch_size=self.batch_size)
-                self._shared = _SharedEmbedding(self.embedders[0])
-                attack_embedders[0] = self._shared
-        options = {"progress": self.progress, **self.attack_options}
-        self._attack = IdentityMembershipAttack(
-            attack_embedders if len(attack_embedders) > 1 else attack_embedders[0], self._resolve_audit(trainer),
-            num_samples=self.num_samples, batch_size=self.batch_size, seed=self.seed, **options)
+    def _real_images(self, trainer: pl.Trainer) -> torch.Tensor:
+        n = int(self.num_real_images or self.num_samples)
+        return real_images_for(self.quality_reference, trainer, n, self.seed,
+                               lambda: self._resolve_audit(trainer))
 
     def _resolve_generator(self, pl_module: pl.LightningModule) -> Any:
         g = self.generator
@@ -265,53 +199,26 @@ class IdentityLeakageMonitor(pl.Callback):
             return g(pl_module)
         raise UserError(f"generator must be an attribute name, a callable or an nn.Module; got {type(g).__name__}")
 
-    # ------------------------------------------------------------------------------- real images
-    def _real_images(self, trainer: pl.Trainer) -> torch.Tensor:
-        n = int(self.num_real_images or self.num_samples)
-        src = self.real_images
-        if src is not None:
-            images = src(trainer) if callable(src) else src
-            return torch.as_tensor(images)[:n]
-        dataset = self._train_dataset(trainer)
-        if dataset is None:
-            raise UserError("cannot find real training images for the quality metric: pass real_images= "
-                            "(a tensor of images in [-1, 1]) or fid=False")
-        return _sample_dataset(dataset, n, self.seed)
-
-    @staticmethod
-    def _train_dataset(trainer: pl.Trainer) -> Any:
-        loader = getattr(trainer, "train_dataloader", None)
-        if isinstance(loader, dict):
-            loader = next(iter(loader.values()), None)
-        elif isinstance(loader, (list, tuple)):
-            loader = loader[0] if loader else None
-        dataset = getattr(loader, "dataset", None)
-        if dataset is None:
-            dm = getattr(trainer, "datamodule", None)
-            dataset = getattr(dm, "train_dataset", None)
-        return dataset
-
     # ------------------------------------------------------------------------------- cadence hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._finished = False
-        self._fit_start = time.time()
+        self._finished, self._fit_start = False, time.time()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:
-            self._sync_audits_file()
+        if trainer.is_global_zero and self.log is not None:
+            self.history = self.log.sync(self.history)
         if self.audit_at_start and not self._audited_at(self.kimg(pl_module)):
             self._audit(trainer, pl_module, "on_train_start")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        self._images += batch_size_of(batch) * trainer.world_size
+        if module_kimg(pl_module) is None:  # only count when the module does not: under DP the realised
+            self._images += batch_size_of(batch) * trainer.world_size  # batch sizes must not be kept
         self._batches += 1
         due = False
         if self.every_n_kimg is not None:
             index = math.floor(self.kimg(pl_module) / self.every_n_kimg + 1e-9)
             if index > self._cadence_index:
-                self._cadence_index = index
-                due = True
+                self._cadence_index, due = index, True
         elif self.every_n_steps is not None:
             due = self._batches % self.every_n_steps == 0
         if due:
@@ -323,36 +230,32 @@ class IdentityLeakageMonitor(pl.Callback):
                 self._audit(trainer, pl_module, "on_train_epoch_end")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.finish(trainer, pl_module)
-
-    def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """End-of-training audit (once per fit; also called by the release selector)."""
+        """End-of-training audit, then listeners' ``on_leakage_audits_end`` (e.g. the release decision)."""
         if self._finished:
             return
         self._finished = True
         if self.audit_on_train_end and not self._audited_at(self.kimg(pl_module)):
             self._audit(trainer, pl_module, "on_train_end")
-        from gmia_defend.callbacks.release import ReleaseCheckpointSelector
-
-        if trainer.is_global_zero and not any(isinstance(cb, ReleaseCheckpointSelector) for cb in trainer.callbacks):
+        listeners = audit_listeners(trainer, "on_leakage_audits_end")
+        for listener in listeners:
+            listener.on_leakage_audits_end(trainer, pl_module, list(self.history))
+        if trainer.is_global_zero and not any(getattr(cb, "writes_report", False) for cb in listeners):
             self._write_plots()
 
     def _audited_at(self, kimg: float) -> bool:
-        """An audit (successful or failed) was already made at this point: do not repeat it."""
-        return any(abs(float(r.get("kimg", -1)) - round(kimg, 6)) < 1e-9 for r in self.history)
+        return any(abs(r.kimg - round(kimg, 6)) < 1e-9 for r in self.history)
 
     # ------------------------------------------------------------------------------- the audit
-    def _audit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, hook: str) -> dict:
-        kimg = self.kimg(pl_module)
-        world = trainer.world_size
+    def _audit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, hook: str) -> AuditRecord:
+        kimg, world = self.kimg(pl_module), trainer.world_size
         t0 = time.perf_counter()
         error: BaseException | None = None
-        result, quality = None, None
+        record = None
         self._reduced = False
-        generator = self._prepare(trainer, pl_module)  # configuration errors raise here, on every rank
+        generator = self._resolve_generator(pl_module)  # configuration errors raise here, on every rank
+        self.auditor.prepare(pl_module.device)
         try:
-            with _preserve_rng(pl_module.device):
-                result, quality = self._measure(trainer, generator)
+            record = self._measure(trainer, generator, kimg)
         except Exception as err:  # noqa: BLE001 - reported, and re-raised if fail_on_error
             error = err
             if world > 1 and not self._reduced:
@@ -361,122 +264,77 @@ class IdentityLeakageMonitor(pl.Callback):
             all_ok = trainer.strategy.reduce_boolean_decision(error is None, all=True)
             if error is None and not all_ok:
                 error = _PeerAuditFailed("the audit failed on another process")
-        record = self._record(trainer, pl_module, kimg, hook, time.perf_counter() - t0, result, quality, error)
+        if error is not None:
+            record = AuditRecord.failed(kimg, error)
+        assert record is not None
+        self._annotate(record, trainer, hook, time.perf_counter() - t0)
         self.history.append(record)
         if error is not None:
-            rank_zero_warn(f"identity leakage audit at {kimg:g} kimg failed: {record['error']}"
+            rank_zero_warn(f"identity leakage audit at {kimg:g} kimg failed: {record.error}"
                            + ("" if self.fail_on_error else "; training continues (fail_on_error=False)"))
+        # the listener channel: the record, plus where it is written and which generator it audited
+        record.run_dir, record.generator, record.generator_attr = (  # type: ignore[attr-defined]
+            self.run_dir, generator, self.generator if isinstance(self.generator, str) else None)
         for listener in audit_listeners(trainer):
             listener.on_leakage_audit(trainer, pl_module, record)
         if error is None and hook != "on_train_end":
             self._log_to_module(pl_module, record, hook)
         if trainer.is_global_zero:
-            self._publish(trainer, record, result)
+            self._publish(trainer, record, None if error is not None else self.auditor.result)
         self.seconds_spent += time.perf_counter() - t0
         if error is not None and self.fail_on_error:
             raise error
         return record
 
-    def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
-        """Build the attack and the real-image statistics once; return the generator to audit."""
-        if self._attack is None:
-            self._build(trainer, pl_module)
-        if self.quality is not None and not self.quality.has_real:
-            with _preserve_rng(pl_module.device):
-                self.quality.set_real_images(self._real_images(trainer))
-        return self._resolve_generator(pl_module)
-
-    def _measure(self, trainer: pl.Trainer, generator: Any) -> tuple[Any, float | None]:
-        quality = self.quality
-        on_batch: Callable[[torch.Tensor], None] | None = None
-        if quality is not None:
-            quality.reset_fake()
-            if self._shared is not None:
-                shared = self._shared
-                shared.sink = quality.update_features
-
-                def hand_over(images: torch.Tensor) -> None:
-                    self._flush_pending()  # the previous batch was not embedded through the wrapper
-                    shared.pending = images
-
-                on_batch = hand_over
-            else:
-                on_batch = quality.update
+    def _measure(self, trainer: pl.Trainer, generator: Any, kimg: float) -> AuditRecord:
         world, rank = trainer.world_size, trainer.global_rank
-        reduce = self._make_reduce(trainer) if world > 1 else None
-        try:
-            result = self._attack.run(generator, on_batch=on_batch, shard=(rank, world), reduce=reduce)
-        finally:
-            self._flush_pending()
+        reduce = reduce_sum = None
+        if world > 1:
+            reduce, reduce_sum = self._ddp_reducers(trainer)
+        with preserved_rng():
+            record = self.auditor.audit(generator, kimg=kimg, step=int(trainer.global_step), shard=(rank, world),
+                                        reduce=reduce, reduce_sum=reduce_sum)
         if world > 1 and not self._reduced:
             raise RuntimeError("the attack did not merge its shards (reduce was not called)")
-        value = quality.compute() if quality is not None else None
-        return result, value
+        return record
 
-    def _flush_pending(self) -> None:
-        """Feed a generated batch the shared embedder did not see to the quality metric directly."""
-        shared = self._shared
-        if shared is not None and shared.pending is not None:
-            pending, shared.pending = shared.pending, None
-            if self.quality is not None and not self._reduced:
-                self.quality.update(pending)
-
-    def _make_reduce(self, trainer: pl.Trainer) -> Callable[[dict], dict]:
+    def _ddp_reducers(self, trainer: pl.Trainer) -> tuple[Callable[[dict], dict], Callable]:
         from gmia_defend.attack.scores import all_gather_reduce
 
         strategy = trainer.strategy
         gather = all_gather_reduce(lambda t: strategy.all_gather(t), trainer.world_size)
 
-        def reduce_sum(t: torch.Tensor) -> torch.Tensor:
-            return strategy.reduce(t.to(strategy.root_device), reduce_op="sum").cpu()
-
         def reduce(stats: dict) -> dict:
-            self._flush_pending()
             self._reduced = True
             if not strategy.reduce_boolean_decision(True, all=True):
                 raise _PeerAuditFailed("the audit failed on another process")
-            merged = gather(stats)
-            if self.quality is not None:
-                self.quality.reduce(reduce_sum)
-            return merged
+            return gather(stats)
 
-        return reduce
+        def reduce_sum(t: torch.Tensor) -> torch.Tensor:
+            return strategy.reduce(t.to(strategy.root_device), reduce_op="sum").cpu()
 
-    # ------------------------------------------------------------------------------- records
-    def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, kimg: float, hook: str, seconds: float,
-                result: Any, quality: float | None, error: BaseException | None) -> dict:
-        record: dict[str, Any] = {
-            "audit": len(self.history), "kimg": round(float(kimg), 6), "step": int(trainer.global_step),
-            "batches": int(self._batches), "epoch": int(trainer.current_epoch), "hook": hook,
-            "world_size": int(trainer.world_size),
-            "final": hook == "on_train_end", "time": time.time(),
-            "wall_s": round(time.time() - self._fit_start, 3), "audit_s": round(seconds, 3),
-            "checkpoint": None, "evidence": None,
-        }
-        if error is not None:
-            record["error"] = f"{type(error).__name__}: {error}"
-            return record
-        metrics = {k: float(v) for k, v in scalar_metrics(result.metrics).items()}
-        if quality is not None:
-            metrics[self.quality.key] = float(quality)
+        return reduce, reduce_sum
+
+    def _annotate(self, record: AuditRecord, trainer: pl.Trainer, hook: str, seconds: float) -> None:
+        record.audit, record.step, record.batches = len(self.history), int(trainer.global_step), int(self._batches)
+        record.epoch, record.hook, record.world_size = int(trainer.current_epoch), hook, int(trainer.world_size)
+        record.final, record.time = hook == "on_train_end", time.time()
+        record.wall_s, record.audit_s = round(time.time() - self._fit_start, 3), round(seconds, 3)
+        if not record.ok:
+            return
         for key, value in trainer.callback_metrics.items():  # e.g. PrivacyBudgetMonitor's epsilon and delta
-            if key.startswith("privacy/"):
-                metrics[key] = float(value)
-        metrics["progress/kimg"] = round(float(kimg), 6)
-        record.update({
-            "metrics": metrics, "num_samples": int(result.num_samples),
-            "embedder": getattr(result, "worst_embedder", None) or getattr(result, "embedder_name", None),
-            "identities": [{k: r.get(k) for k in IDENTITY_FIELDS if k in r} for r in result.identities],
-        })
-        return record
+            if key.startswith(PRIVACY_PREFIX):
+                record.metrics[key] = float(value)
+        ref = self.quality_reference
+        record.extra["quality_reference"] = ref if isinstance(ref, str) else "user"
 
-    def _log_to_module(self, pl_module: pl.LightningModule, record: dict, hook: str) -> None:
-        on_step = hook in ("on_train_batch_end", "on_train_start")
+    def _log_to_module(self, pl_module: pl.LightningModule, record: AuditRecord, hook: str) -> None:
         if hook == "on_train_start":
             return  # self.log is not allowed there; the loggers still get the values
+        on_step = hook == "on_train_batch_end"
         own_kimg = module_kimg(pl_module) is None  # a module tracking kimg logs progress/kimg itself
-        for key, value in record["metrics"].items():
-            if (key.startswith(("leakage/", "quality/")) or (own_kimg and key == "progress/kimg")) \
+        for key, value in record.metrics.items():
+            if (key.startswith((LEAKAGE_PREFIX, QUALITY_PREFIX)) or (own_kimg and key == KIMG)) \
                     and math.isfinite(value):
                 pl_module.log(key, value, on_step=on_step, on_epoch=not on_step, logger=False, prog_bar=False,
                               batch_size=1, sync_dist=False)
@@ -484,83 +342,16 @@ class IdentityLeakageMonitor(pl.Callback):
     # ------------------------------------------------------------------------------- outputs (rank 0)
     @property
     def audits_path(self) -> Path:
-        assert self.run_dir is not None
-        return self.run_dir / AUDITS_FILE
+        assert self.log is not None
+        return self.log.path
 
-    def _sync_audits_file(self) -> None:
-        """Make ``audits.jsonl`` equal the (possibly restored) history: a resumed run drops audits made
-        after its checkpoint by the interrupted run (they will be redone); a fresh run in a folder with
-        an older file moves that file aside."""
-        if self.run_dir is None:
+    def _publish(self, trainer: pl.Trainer, record: AuditRecord, result: Any) -> None:
+        assert self.log is not None
+        self.log.append(record, result)
+        if not record.ok:
             return
-        path = self.audits_path
-        existing = read_jsonl(path) if path.is_file() else []
-        if not existing and not self.history:
-            return
-        if existing and (len(existing) > len(self.history) or not self.history):
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            write_jsonl_atomic(path.with_name(f"{path.name}.{stamp}.bak"), existing)
-        write_jsonl_atomic(path, self.history)
-
-    def _publish(self, trainer: pl.Trainer, record: dict, result: Any) -> None:
-        assert self.run_dir is not None
-        wandb_evidence = None
-        if result is not None and self.evidence and getattr(result, "evidence", None):
-            try:
-                local = self.run_dir / "evidence" / f"kimg={kimg_tag(record['kimg'])}.png"
-                result.save_evidence_png(local)
-                record["evidence"] = str(local.relative_to(self.run_dir))
-                if self._wandb_loggers(trainer):
-                    wandb_evidence = self._pseudonymous_evidence(result, local)
-            except Exception as err:  # noqa: BLE001 - a figure must not stop training
-                rank_zero_warn(f"could not write the evidence grid: {err}")
-        append_jsonl(self.audits_path, record)
-        if record.get("error"):
-            return
-        self._log_to_loggers(trainer, record, wandb_evidence)
-        if self._pseudo is not None:
-            self._pseudo.save()
-
-    def _pseudonymous_evidence(self, result: Any, local: Path) -> Path:
-        import dataclasses
-
-        if not self.pseudonymize:
-            return local
-        evidence = [{**e, "identity": self._pseudo(str(e.get("identity")))} for e in result.evidence]
-        path = local.with_name(local.stem + ".pseudonymised.png")
-        dataclasses.replace(result, evidence=evidence).save_evidence_png(path)
-        return path
-
-    @staticmethod
-    def _wandb_loggers(trainer: pl.Trainer) -> list[Any]:
-        from gmia_defend.report.wandb import wandb_loggers
-
-        return wandb_loggers(trainer)
-
-    def _log_to_loggers(self, trainer: pl.Trainer, record: dict, evidence_png: Path | None) -> None:
-        scalars = {k: v for k, v in record["metrics"].items()  # privacy/* is the privacy monitor's to log
-                   if math.isfinite(v) and k.startswith(("leakage/", "quality/", "progress/"))}
-        wandb_ids = {id(lg) for lg in self._wandb_loggers(trainer)}
-        for logger in trainer.loggers:
-            try:
-                if id(logger) in wandb_ids:
-                    self._wandb_log(logger, record, scalars, evidence_png)
-                else:
-                    logger.log_metrics(scalars, step=int(trainer.global_step))
-            except Exception as err:  # noqa: BLE001 - a logger failure must not stop training
-                rank_zero_warn(f"could not log the audit to {type(logger).__name__}: {err}")
-
-    def _wandb_log(self, logger: Any, record: dict, scalars: dict[str, float], evidence_png: Path | None) -> None:
-        from gmia_defend.report.release import DEFAULT_METRIC
-        from gmia_defend.report.wandb import WandbAuditLog
-
-        log = self._wandb.get(id(logger))
-        if log is None:
-            log = self._wandb[id(logger)] = WandbAuditLog(logger.experiment)
-        log.define_axes(list(scalars))
-        logger.log_metrics(scalars, step=int(record["step"]))
-        log.log_audit(record, self._pseudo if self._pseudo is not None else str, evidence_png,
-                      self.history, DEFAULT_METRIC, self.quality_key)
+        log_to_loggers(trainer, record, self.history, self.log, result, self._wandb, self.quality_key)
+        self.log.save_pseudonyms()
 
     def _write_plots(self) -> None:
         from gmia_defend.report.plots import write_report_plots
@@ -578,9 +369,12 @@ class IdentityLeakageMonitor(pl.Callback):
                 "every_n_steps": self.every_n_steps, "every_n_epochs": self.every_n_epochs}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(r) for r in self.history], "images": int(self._images),
-                "batches": int(self._batches), "cadence_index": int(self._cadence_index),
-                "settings": self._settings()}
+        """Audit summaries (no per-identity tables: no identity names in checkpoints) and the cadence."""
+        state = {"history": [r.summary().to_json() for r in self.history], "batches": int(self._batches),
+                 "cadence_index": int(self._cadence_index), "settings": self._settings()}
+        if self._images:
+            state["images"] = int(self._images)  # only when counted here (no module kimg, so no DP module)
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("settings") or {}
@@ -588,37 +382,10 @@ class IdentityLeakageMonitor(pl.Callback):
         if changed:
             rank_zero_warn(f"IdentityLeakageMonitor resumed with other settings {changed} (checkpoint, now): audits "
                            "before and after the resume are not directly comparable")
-        self.history = [dict(r) for r in state_dict.get("history", [])]
+        self.history = [AuditRecord.from_json(r) for r in state_dict.get("history", [])]
         self._images = int(state_dict.get("images", 0))
         self._batches = int(state_dict.get("batches", 0))
         self._cadence_index = int(state_dict.get("cadence_index", 0))
-
-
-def _sample_dataset(dataset: Any, n: int, seed: int) -> torch.Tensor:
-    """``n`` images (or all, if fewer) from a map-style dataset, chosen by ``seed``; RNG-neutral."""
-    from torch.utils.data import Subset
-
-    try:
-        size = len(dataset)
-    except TypeError:
-        raise UserError("the training set has no length (an IterableDataset): pass real_images= to "
-                        "IdentityLeakageMonitor, or fid=False") from None
-    g = torch.Generator().manual_seed(int(seed) + 7919)
-    idx = torch.randperm(size, generator=g)[:min(n, size)].sort().values.tolist()
-    base, mapped = dataset, idx
-    if isinstance(dataset, Subset) and hasattr(dataset.dataset, "load"):
-        base, mapped = dataset.dataset, [int(dataset.indices[i]) for i in idx]
-    if hasattr(base, "load") and callable(base.load):
-        return torch.as_tensor(base.load(mapped))
-    items = [dataset[i] for i in idx]
-    images = [it[0] if isinstance(it, (tuple, list)) else (next(iter(it.values())) if isinstance(it, dict) else it)
-              for it in items]
-    return torch.stack([torch.as_tensor(x) for x in images])
-
-
-def audit_records(run_dir: str | Path) -> list[dict]:
-    """The audit records of a run (``<run_dir>/audits.jsonl``)."""
-    return read_jsonl(Path(run_dir) / AUDITS_FILE)
 
 
 __all__ = ["IdentityLeakageMonitor", "audit_records"]

@@ -14,8 +14,9 @@ import math
 from pathlib import Path
 
 from gmia_defend.errors import UserError
-from gmia_defend.io import read_jsonl, write_json_atomic
-from gmia_defend.report.release import DEFAULT_BUDGET, DEFAULT_METRIC, select_release, successful_audits
+from gmia_defend.io import write_json_atomic
+
+DEFAULT_BUDGET, DEFAULT_METRIC = 0.6, "leakage/auc"  # = gmia_defend.audit.record's (no torch import for --help)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "leakage/auc_ci_high is the conservative choice)")
     parser.add_argument("--quality-metric", default=None, help="quality key to minimise (default: found in the audits)")
     parser.add_argument("--min-kimg", type=float, default=None, help="never release audits before this kimg")
+    parser.add_argument("--min-quality-gain", type=float, default=None,
+                        help="a release must have a quality this much (relative) better than the untrained "
+                             "generator's, when it was audited (default: the run's, else 0.05)")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="also exclude audits whose leakage is significant (leakage/p_value < alpha)")
     parser.add_argument("--out", default=None, help="folder for the figures (default: RUN_DIR/report)")
 
 
@@ -75,6 +81,9 @@ def run_sweep_report(sweep_dir: str, out: str | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gmia_defend.audit.log import read_audits
+    from gmia_defend.audit.policies import ReleaseRule, select_release
+    from gmia_defend.audit.record import AUC, AUC_CI_HIGH, AUC_CI_LOW, successful_audits
     from gmia_defend.report.plots import write_report_plots
 
     if args.sweep:
@@ -84,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     path = find_audits(Path(args.run_dir))
     folder = path.parent
-    records = read_jsonl(path)
+    records = read_audits(path)  # a torn last line is reported as a warning naming it
     if not records:
         raise UserError(f"{path} holds no audit records yet; wait for the first audit or check the run's log")
     previous: dict = {}
@@ -93,34 +102,47 @@ def run(args: argparse.Namespace) -> int:
             previous = json.loads((folder / "release.json").read_text())
         except (OSError, json.JSONDecodeError):
             previous = {}
-    budget = args.budget if args.budget is not None else float(previous.get("budget", DEFAULT_BUDGET))
-    metric = args.metric or previous.get("metric") or DEFAULT_METRIC
-    quality = args.quality_metric or previous.get("quality_metric")
-    min_kimg = args.min_kimg if args.min_kimg is not None else float(previous.get("min_kimg", 0.0) or 0.0)
-    decision = select_release(records, budget, metric, quality, min_kimg)
+    options = dict(previous.get("options") or {})
+    rule = ReleaseRule(
+        budget=args.budget if args.budget is not None else float(previous.get("budget", DEFAULT_BUDGET)),
+        metric=args.metric or previous.get("metric") or DEFAULT_METRIC,
+        quality_metric=args.quality_metric or previous.get("quality_metric"),
+        min_kimg=args.min_kimg if args.min_kimg is not None else float(previous.get("min_kimg", 0.0) or 0.0),
+        min_quality_gain=args.min_quality_gain if args.min_quality_gain is not None
+        else options.get("min_quality_gain", 0.05),
+        alpha=args.alpha if args.alpha is not None else options.get("alpha"),
+        halves=bool(options.get("halves", True)), use_leakage=bool(options.get("use_leakage", True)))
+    decision = select_release(records, rule)
+    metric, budget = rule.metric, rule.budget
     out = Path(args.out) if args.out else folder / "report"
     paths = write_report_plots(records, out, metric, budget, decision, decision["quality_metric"])
     write_json_atomic(out / "release_decision.json", decision)
 
     audits = successful_audits(records)
-    failed = [r for r in records if r.get("error")]
-    span = f"{audits[0]['kimg']:g}-{audits[-1]['kimg']:g} kimg" if audits else "no successful audit"
+    failed = [r for r in records if r.error]
+    span = f"{audits[0].kimg:g}-{audits[-1].kimg:g} kimg" if audits else "no successful audit"
     print(f"run: {folder} ({len(audits)} audits, {len(failed)} failed; {span})")
     qkey = decision["quality_metric"]
-    auc_col = metric != "leakage/auc"
-    print(f"{'kimg':>10}  " + (f"{'leakage/auc':>12}  " if auc_col else "") +
-          f"{metric:>20}  {'AUC 95% CI':>16}  {(qkey or 'quality'):>18}  decision")
+    auc_col = metric != AUC
+    print(f"{'kimg':>10}  " + (f"{AUC:>12}  " if auc_col else "") +
+          f"{metric:>20}  {'AUC 95% CI':>16}  {'p-value':>8}  {(qkey or 'quality'):>18}  decision")
     for c in decision["candidates"]:
         m = c.get("metrics") or {}
-        ci = f"[{_fmt(m.get('leakage/auc_ci_low'))}, {_fmt(m.get('leakage/auc_ci_high'))}]"
-        print(f"{c['kimg']:>10g}  " + (f"{_fmt(m.get('leakage/auc')):>12}  " if auc_col else "") +
-              f"{_fmt(c['leakage']):>20}  {ci:>16}  {_fmt(c['quality']):>18}  {c['reason']}")
+        ci = f"[{_fmt(m.get(AUC_CI_LOW))}, {_fmt(m.get(AUC_CI_HIGH))}]"
+        print(f"{c['kimg']:>10g}  " + (f"{_fmt(m.get(AUC)):>12}  " if auc_col else "") +
+              f"{_fmt(c['leakage']):>20}  {ci:>16}  {_fmt(m.get('leakage/p_value')):>8}  {_fmt(c['quality']):>18}  "
+              f"{c['reason']}")
     for name, p in paths.items():
         print(f"figure ({name}): {p}")
     print(f"rule: {decision['rule']}")
     chosen = decision.get("chosen")
     ckpt = f" -> {folder / chosen['checkpoint']}" if chosen and chosen.get("checkpoint") else ""
     print(f"{decision['message']}{ckpt}")
+    if decision.get("reported"):
+        rep, sel = decision["reported"], decision.get("selection_figures") or {}
+        print(f"reported for the release ({decision['selected_on']} chose it): AUC {_fmt(rep.get(AUC))} "
+              f"[{_fmt(rep.get(AUC_CI_LOW))}, {_fmt(rep.get(AUC_CI_HIGH))}]"
+              + (f" on the confirmation half; selection half {_fmt(sel.get(AUC))}" if sel else ""))
     if previous and previous.get("released") is not None:
         same = (previous.get("chosen") or {}).get("kimg") == (chosen or {}).get("kimg")
         if not same:

@@ -1,6 +1,7 @@
 """Report figures from audit records (matplotlib, Agg, atomic PNG writes).
 
-- ``leakage_vs_kimg.png``: leakage metric against kimg with the bootstrap 95 % band, chance and budget.
+- ``leakage_vs_kimg.png``: leakage metric against kimg with the bootstrap 95 % band, the null band (where a
+  generator that learned nobody lands on this split: 2.5-97.5 % permutation quantiles), chance and budget.
 - ``quality_vs_kimg.png``: FID / Fréchet distance against kimg.
 - ``leakage_vs_quality.png``: the trade-off, one point per audit, the release marked.
 - ``identities.png``: per-identity score against training-image count (last audit).
@@ -18,7 +19,8 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 
 from gmia_defend.io import atomic_write  # noqa: E402
-from gmia_defend.report.release import DEFAULT_METRIC, quality_key_of, successful_audits  # noqa: E402
+from gmia_defend.audit.record import (DEFAULT_METRIC, NULL_AUC_HIGH, NULL_AUC_LOW, as_records,  # noqa: E402
+                                      quality_key_of, successful_audits)
 
 
 def save_figure(fig: Any, path: Path) -> Path:
@@ -64,6 +66,11 @@ def plot_leakage(audits: Sequence[dict], path: Path, metric: str = DEFAULT_METRI
         mx, my = _series(audits, metric)
         ax.plot(mx, my, "v--", color="darkred", lw=1, ms=4, label=f"{metric} (vs budget)")
     if auc_key.endswith("auc"):
+        nlo_x, nlo = _series(audits, NULL_AUC_LOW)
+        nhi_x, nhi = _series(audits, NULL_AUC_HIGH)
+        if nlo and nlo_x == nhi_x:
+            ax.fill_between(nlo_x, nlo, nhi, color="grey", alpha=0.15, step="mid",
+                            label="null band (a generator that learned nobody)")
         ax.axhline(0.5, color="grey", ls="--", lw=1, label="chance")
     if budget is not None:
         ax.axhline(budget, color="black", ls="-.", lw=1, label=f"budget {budget:g}")
@@ -162,9 +169,10 @@ def write_report_plots(records: Sequence[dict], out_dir: str | Path, metric: str
                        quality_metric: str | None = None) -> dict[str, Path]:
     """Write every report figure into ``out_dir``; return name -> path."""
     out = Path(out_dir)
-    audits = successful_audits(records)
+    records = as_records(records)
+    audits = [r.to_json() for r in successful_audits(records)]
     quality_metric = quality_metric or (release or {}).get("quality_metric") or quality_key_of(audits)
-    failed = [r for r in records if r.get("error")]
+    failed = [r.to_json() for r in records if r.error]
     paths = {
         "leakage": plot_leakage(audits + failed, out / "leakage_vs_kimg.png", metric, budget, release),
         "quality": plot_quality(audits, out / "quality_vs_kimg.png", quality_metric, release),

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from gmia_defend.report.release import to_float
+from gmia_defend.audit.record import to_float
 
 KIMG = "progress/kimg"
 IDENTITY_COLUMNS = ["identity", "member", "train_count", "score", "max_sim", "topk_mean", "matches", "match_rate"]
@@ -86,11 +86,19 @@ class WandbAuditLog:
         if tradeoff_png is not None and Path(tradeoff_png).is_file():
             payload["release/tradeoff"] = wandb.Image(str(tradeoff_png), caption=release.get("message", ""))
         self.run.log(payload)
-        summary = {"release/released": bool(release.get("released")), "release/budget": release.get("budget")}
+        summary = {"release/released": bool(release.get("released")), "release/budget": release.get("budget"),
+                   "release/epsilon_covers_selection": bool(release.get("epsilon_covers_selection")),
+                   "release/correction": release.get("correction")}
         if release.get("chosen"):
             summary["release/kimg"] = release["chosen"]["kimg"]
-            summary.update({f"release/{k}": v for k, v in release["chosen"]["metrics"].items()
+            # the figures reported for the release: the confirmation half (identities not used to choose it)
+            reported = release.get("reported") or release["chosen"]["metrics"]
+            summary.update({f"release/{k}": v for k, v in reported.items() if isinstance(v, (int, float))})
+            summary.update({f"release/selection/{k}": v for k, v in (release.get("selection_figures") or {}).items()
                             if isinstance(v, (int, float))})
+            for key in ("epsilon", "epsilon_person", "delta", "epsilon_lower_bound"):
+                if isinstance(release.get(key), (int, float)):
+                    summary[f"release/{key}"] = release[key]
         for k, v in summary.items():
             self.run.summary[k] = v
         if checkpoint is not None and Path(checkpoint).is_file():
