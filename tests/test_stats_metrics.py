@@ -129,3 +129,20 @@ def test_attack_rows_carry_block_scores_and_rescore_any_subset():
     null = attack.run(ToyRandom())
     assert null.metrics["leakage/null_auc_low"] < 0.5 < null.metrics["leakage/null_auc_high"]
     assert null.metrics["leakage/epsilon_lower_bound"] == 0.0
+
+
+def test_relative_score_standardises_by_the_population():
+    from gmia_defend.attack.scores import relative_scores
+    from gmia_defend.errors import UserError
+
+    pop = np.array([[0.1, 0.5], [0.3, 0.7], [0.2, 0.6]])
+    np.testing.assert_allclose(relative_scores(np.array([0.4, 0.8]), pop), [2.0, 2.0])
+    np.testing.assert_allclose(relative_scores(np.array([[0.4, 0.2], [0.8, 0.6]]), pop), [[2.0, 0.0], [2.0, 0.0]],
+                               atol=1e-12)
+    audit = make_toy_audit(num_members=12, num_nonmembers=20, population=10)
+    res = IdentityMembershipAttack(ToyEmbedder(), audit, num_samples=300, batch_size=100, score="relative",
+                                   progress=False, n_bootstrap=50, n_permutations=50).run(
+        ToyMemoriser(audit.vectors[:12]))
+    assert res.metrics["leakage/auc"] > 0.9 and all(r["score"] == r["relative"] for r in res.identities)
+    with pytest.raises(UserError, match="population"):
+        IdentityMembershipAttack(ToyEmbedder(), make_toy_audit(), score="relative", progress=False)

@@ -26,7 +26,8 @@ from gmia_defend.attack.generators import GeneratorAdapter, LatentSampler, check
 from gmia_defend.attack.metrics import membership_metrics
 from gmia_defend.attack.result import AttackResult, EmbedderReport
 from gmia_defend.attack.scores import (SCORE_NAMES, IdentitySimilarity, StreamingIdentityStats,
-                                       calibrated_scores, match_counts, threshold_from_impostors)
+                                       calibrated_scores, match_counts, relative_scores,
+                                       threshold_from_impostors)
 from gmia_defend.errors import DataError, UserError
 
 __all__ = ["IdentityMembershipAttack"]
@@ -43,6 +44,7 @@ class _References:
     population_embeddings: Tensor | None
     impostor_threshold: float | None = None  # derived from ref_embeddings: same for every run
     population_matches: dict[float, np.ndarray] = field(default_factory=dict)  # threshold -> counts
+    population_similarities: np.ndarray | None = None  # [P, I], for the relative score
 
 
 class IdentityMembershipAttack:
@@ -110,6 +112,10 @@ class IdentityMembershipAttack:
         self.num_blocks = min(int(num_blocks), self.num_samples)
         self.n_permutations, self.delta = int(n_permutations), delta
         self._check_audit(audit)
+        pop = getattr(audit, "population_images", None)
+        if score == "relative" and (pop is None or len(pop) < 2):
+            raise UserError("score='relative' compares with photos of population people; build the split with "
+                            "num_population_identities > 0, or choose score='topk_mean'")
         self.identities = list(audit.member_identities) + list(audit.nonmember_identities)
         self.num_members = len(audit.member_identities)
         self._cache: dict[tuple[int, str], _References] = {}
@@ -281,8 +287,13 @@ class IdentityMembershipAttack:
         else:
             n_pop, pop_matches = 0, np.zeros(len(self.identities), dtype=np.int64)
         summ["calibrated"] = calibrated_scores(summ["matches"], n, pop_matches, n_pop)
-        scores = summ[self.score]
         blocks = stats.block_summary(self.top_k)
+        if refs.population_embeddings is not None and refs.population_embeddings.shape[0] >= 2:
+            if refs.population_similarities is None:
+                refs.population_similarities = refs.similarity(refs.population_embeddings).double().cpu().numpy()
+            summ["relative"] = relative_scores(summ["topk_mean"], refs.population_similarities)
+            blocks["relative"] = relative_scores(blocks["topk_mean"], refs.population_similarities)
+        scores = summ[self.score]
         if self.score == "calibrated":
             counts = stats.block_count[stats.block_count > 0].cpu().numpy()
             block_scores = np.stack([calibrated_scores(blocks["matches"][:, b], int(c), pop_matches, n_pop)
@@ -305,6 +316,7 @@ class IdentityMembershipAttack:
                 "mean_sim": float(summ["mean_sim"][i]), "matches": int(summ["matches"][i]),
                 "match_rate": float(summ["match_rate"][i]), "calibrated": float(summ["calibrated"][i]),
                 "population_matches": int(pop_matches[i]),
+                **({"relative": float(summ["relative"][i])} if "relative" in summ else {}),
                 "train_count": int(train_counts.get(name, 0)) if member[i] else 0,
                 "num_references": int(ref_counts[i]), "nearest_samples": idx, "nearest_similarities": sims,
                 "block_scores": [float(v) for v in block_scores[i]],

@@ -20,6 +20,11 @@ Definitions (one audited identity i with reference embeddings r_1..r_R, one gene
   photos of non-training (population) identities, Laplace-smoothed:
   ``(matches / N) / ((population_matches + 1) / (P + 1))``. Identities that look "average" and
   match many real strangers are discounted; with no population it equals the match frequency.
+- **relative score** (population-relative, in the spirit of DOMIAS, van Breugel et al. 2023): the
+  top-k mean similarity to generated samples, standardised by the identity's similarity to real
+  photos of population people (neither trained on nor audited):
+  ``(topk_mean_i - mean_p s_i(x_p)) / std_p s_i(x_p)``. A face close to everybody gets a high top-k
+  mean from any generator; this removes that part. Needs population images.
 
 - **latent blocks**: the N latent indices are cut into ``num_blocks`` contiguous blocks and the
   same statistics are kept per (identity, block), so every score also exists per block
@@ -42,13 +47,14 @@ __all__ = [
     "StreamingIdentityStats",
     "match_counts",
     "calibrated_scores",
+    "relative_scores",
     "threshold_from_impostors",
     "merge_state_dicts",
     "all_gather_reduce",
     "SCORE_NAMES",
 ]
 
-SCORE_NAMES = ("topk_mean", "max_sim", "match_rate", "calibrated", "mean_sim")
+SCORE_NAMES = ("topk_mean", "max_sim", "match_rate", "calibrated", "mean_sim", "relative")
 _SUM_FIELDS = ("count", "sum_sim", "matches", "block_count", "block_sum_sim", "block_matches")
 _MAX_FIELDS = ("max_sim", "block_max_sim")
 _STATE_FIELDS = ("count", "max_sim", "sum_sim", "matches", "topk_sim", "topk_idx", "block_count",
@@ -97,6 +103,20 @@ def calibrated_scores(matches: np.ndarray, num_samples: int, population_matches:
     freq = np.asarray(matches, dtype=np.float64) / max(num_samples, 1)
     baseline = (np.asarray(population_matches, dtype=np.float64) + 1.0) / (num_population + 1.0)
     return freq / baseline
+
+
+def relative_scores(topk_mean: np.ndarray, population_similarities: np.ndarray) -> np.ndarray:
+    """``(topk_mean - mean) / std`` per identity; moments over population images ([P, I] similarities).
+
+    ``topk_mean`` is [I] or [I, blocks].
+    """
+    pop = np.asarray(population_similarities, dtype=np.float64)
+    if pop.ndim != 2 or pop.shape[0] < 2:
+        raise ValueError("the relative score needs similarities to at least 2 population images")
+    t = np.asarray(topk_mean, dtype=np.float64)
+    shape = (-1,) + (1,) * (t.ndim - 1)
+    mean, std = pop.mean(axis=0).reshape(shape), np.maximum(pop.std(axis=0, ddof=1), 1e-6).reshape(shape)
+    return (t - mean) / std
 
 
 def threshold_from_impostors(embeddings: Tensor, labels: Tensor, far: float = 1e-3,
