@@ -28,12 +28,18 @@ def _quality(metrics: dict[str, Any]) -> tuple[str, str]:
 
 
 def run_label(params: dict[str, Any], constant: set[str]) -> str:
-    """The parameters that vary across the sweep, short names: ``num_members=32``."""
-    parts = [f"{k.split('.')[-1]}={_value(v)}" for k, v in params.items() if k not in constant]
-    return ", ".join(parts) or ", ".join(f"{k.split('.')[-1]}={_value(v)}" for k, v in params.items())
+    """The parameters that vary across the sweep, short names; a leakage budget above 1 reads "off".
+
+    >>> run_label({"data.num_members": 32, "trainer.callbacks.init_args.budget": 1.01}, set())
+    'num_members=32, budget=off'
+    """
+    parts = [f"{k.split('.')[-1]}={_value(v, k)}" for k, v in params.items() if k not in constant]
+    return ", ".join(parts) or ", ".join(f"{k.split('.')[-1]}={_value(v, k)}" for k, v in params.items())
 
 
-def _value(v: Any) -> str:
+def _value(v: Any, key: str = "") -> str:
+    if key.endswith("budget") and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1:
+        return "off"  # a leakage budget above 1 can never be exceeded
     if isinstance(v, dict):
         return "{" + ", ".join(f"{k}: {x}" for k, x in v.items()) + "}"
     return "null" if v is None else str(v)
