@@ -48,12 +48,14 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / "sweeps" / config.name)
     runs = config.runs()
     checks = check_runs(runs)  # every run's config, before anything starts: raises naming all bad runs
+    plan = thread_plan(runs, {c.name: c for c in checks}, args.jobs)
     if args.dry_run:
+        if plan.note:
+            print(f"[sweep] {plan.note}", file=sys.stderr)
         for record in run_sweep(config, out, jobs=args.jobs, dry_run=True, checks=checks):
             print(shlex.join(record["command"]))
         return 0
 
-    plan = thread_plan(runs, {c.name: c for c in checks}, args.jobs)
     if plan.note:
         _say(f"[sweep] {plan.note}")
     total = len(runs)
@@ -76,8 +78,13 @@ def run(args: argparse.Namespace) -> int:
             for line in record.get("error_tail") or []:
                 _say(f"    {line}")
 
-    records = run_sweep(config, out, jobs=args.jobs, run_dir_arg=args.run_dir_arg or None, on_start=_start,
-                        on_done=_done, checks=checks, overwrite=args.overwrite)
+    try:
+        records = run_sweep(config, out, jobs=args.jobs, run_dir_arg=args.run_dir_arg or None, on_start=_start,
+                            on_done=_done, checks=checks, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        print(f"\n[sweep] interrupted; the same command resumes it (finished runs in {out} are skipped)",
+              file=sys.stderr)
+        return 130
     rows = collect_sweep(out)
     plots = plot_sweep(rows, out)
     _say("")
