@@ -39,38 +39,28 @@ def _fit_seconds(out: Path, embedder, monitor: bool, max_steps: int | None, ever
 
 
 def _audit_seconds(generator, embedder, audit, real: torch.Tensor, num_samples: int, shared: bool) -> float:
-    """One audit with quality: shared batches (as the monitor does) or attack + a separate pass."""
-    from gmia_defend.attack import IdentityMembershipAttack
+    """One audit with quality: the Auditor's one pass (the attack's embeddings feed the Fréchet distance
+    through its ``on_embeddings`` hook) or the attack plus a separate generation pass for the quality."""
     from gmia_defend.attack.generators import LatentSampler
-    from gmia_defend.callbacks.leakage import _SharedEmbedding
-    from gmia_defend.quality.fid import FrechetQuality
+    from gmia_defend.audit import Auditor
 
-    quality = FrechetQuality.for_embedder(embedder)
-    quality.set_real_images(real)
-    wrapped = _SharedEmbedding(embedder)
-    attack = IdentityMembershipAttack(wrapped if shared else embedder, audit, num_samples=num_samples,
-                                      batch_size=250, seed=0, progress=False)
-    attack.run(generator)  # warm-up: reference embeddings are cached per attack object
+    auditor = Auditor(embedder, audit, num_samples=num_samples, batch_size=250, seed=0, real_images=real,
+                      quality=shared, halves=False)
+    auditor.audit(generator, kimg=0.0)  # warm-up: reference embeddings and real statistics are cached
+    quality = None
+    if not shared:
+        from gmia_defend.quality.fid import FrechetQuality
+
+        quality = FrechetQuality.for_embedder(embedder)
+        quality.set_real_images(real)
     start = time.perf_counter()
-    if shared:
-        wrapped.sink = quality.update_features
-
-        def on_batch(images: torch.Tensor) -> None:
-            if wrapped.pending is not None:
-                quality.update(wrapped.pending)
-            wrapped.pending = images
-
-        attack.run(generator, on_batch=on_batch)
-        if wrapped.pending is not None:
-            quality.update(wrapped.pending)
-            wrapped.pending = None
-    else:
-        attack.run(generator)
+    auditor.audit(generator, kimg=1.0)
+    if quality is not None:
         sampler = LatentSampler(0, generator.z_dim)
         with torch.no_grad():
             for i in range(0, num_samples, 250):
                 quality.update(generator(sampler.get(i, min(i + 250, num_samples))).clamp(-1, 1))
-    quality.compute()
+        quality.compute()
     return time.perf_counter() - start
 
 
@@ -99,10 +89,10 @@ def main() -> None:
         spent = demo.monitor.seconds_spent  # audits + their checkpoints, plots and records
         result.update({"train_s_without": round(without, 2), "train_s_with": round(with_, 2),
                        "monitor_overhead_ratio": round(with_ / without, 4), "audits": len(audits),
-                       "audit_s_total": round(sum(r["audit_s"] for r in audits), 2),
+                       "audit_s_total": round(sum(r.audit_s or 0.0 for r in audits), 2),
                        "callback_s_total": round(spent, 2),
                        "monitor_overhead_ratio_accounted": round(with_ / (with_ - spent), 4),
-                       "kimg": audits[-1]["kimg"] if audits else None})
+                       "kimg": audits[-1].kimg if audits else None})
         model, datamodule = demo.model, demo.datamodule
     else:
         from gmia_defend.commands.demo import build_demo
@@ -122,6 +112,8 @@ def main() -> None:
     result.update({"audit_s_shared": round(s, 3), "audit_s_separate": round(p, 3),
                    "shared_sampling_saving": round(1 - s / p, 4)})
     result["meets_targets"] = {"monitor_overhead_ratio<=1.10": result.get("monitor_overhead_ratio", 0) <= 1.10,
+                               "monitor_overhead_ratio_accounted<=1.05":
+                                   result.get("monitor_overhead_ratio_accounted", 0) <= 1.05,
                                "shared_sampling_saving>=0.30": result["shared_sampling_saving"] >= 0.30}
     print(json.dumps(result))
 

@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
 BUDGET = 9600
-STOP_RULE = {"metric": "leakage/auc", "budget": 0.75, "patience": 1, "min_kimg": 0.5}
+STOP_RULE = {"metric": "leakage/auc", "budget": 0.75, "patience": 1, "min_kimg": 0.5, "halves": False}
 DP = {"noise_multiplier": 1.0, "max_grad_norm": 1.0}
 
 
@@ -117,14 +117,11 @@ def quality_key(audit: dict) -> str:
 
 
 def early_stop_audit(audits: list[dict]) -> dict | None:
-    """The audit at which LeakageEarlyStopping(**STOP_RULE) would stop (its rule, applied offline)."""
-    wait = 0
-    for audit in audits:
-        value = float(audit["metrics"].get(STOP_RULE["metric"], math.nan))
-        if not math.isfinite(value):
-            continue
-        wait = wait + 1 if value > STOP_RULE["budget"] else 0
-        if audit["kimg"] >= STOP_RULE["min_kimg"] and wait >= STOP_RULE["patience"]:
+    """The audit at which LeakageEarlyStopping(**STOP_RULE) would stop: the policy it calls, on the recorded audits."""
+    from gmia_defend.audit import stop_decision
+
+    for i, audit in enumerate(audits):
+        if stop_decision(audits[:i + 1], STOP_RULE)["stop"]:
             return audit
     return None
 
@@ -196,7 +193,8 @@ def main() -> int:
         "num_members_few": p["runs"]["few"]["members"], "num_members_many": p["runs"]["many"]["members"],
         "num_nonmembers": 128, "member_image_budget": BUDGET,
         "auc_last": last_few["auc"], "auc_last_ci": last_few["ci"], "kimg_last": last_few["kimg"],
-        "early_stopping_rule": {**STOP_RULE, "how": "rule of LeakageEarlyStopping applied to the recorded audits"},
+        "early_stopping_rule": {**STOP_RULE, "how": "gmia_defend.audit.stop_decision (LeakageEarlyStopping's policy) "
+                                                   "applied to the recorded audits"},
         "auc_early_stopped": stopped["auc"] if stopped else last_few["auc"],
         "auc_early_stopped_ci": stopped["ci"] if stopped else last_few["ci"],
         "kimg_early_stopped": stopped["kimg"] if stopped else None,

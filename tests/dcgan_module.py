@@ -3,7 +3,9 @@
 Used to show the leakage callbacks attach to a GAN script written elsewhere: the only thing the
 callbacks are told is the generator's attribute name (``generator``). Manual optimization, one D and
 one G step per batch. Latents of step t are drawn from a generator seeded by (seed, t), so a run
-resumed from a checkpoint continues exactly like an uninterrupted one.
+resumed from a checkpoint continues exactly like an uninterrupted one; ``global_latents=True`` draws
+them from the global RNG instead, as most GAN scripts do (then anything that moves the global RNG
+changes training).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class DCGAN(pl.LightningModule):
     """Non-saturating logistic GAN loss, Adam, manual optimization."""
 
     def __init__(self, z_dim: int = 32, width: int = 16, resolution: int = 16, lr: float = 2e-3,
-                 batchnorm: bool = True, seed: int = 0) -> None:
+                 batchnorm: bool = True, seed: int = 0, global_latents: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -68,6 +70,8 @@ class DCGAN(pl.LightningModule):
                 torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.99)))
 
     def _latents(self, n: int) -> torch.Tensor:
+        if self.hparams.global_latents:
+            return torch.randn(n, self.hparams.z_dim, device=self.device)
         g = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + int(self.global_step)
                                           + 7919 * self.global_rank)
         return torch.randn(n, self.hparams.z_dim, generator=g).to(self.device)

@@ -1,4 +1,4 @@
-"""benchmarks/tradeoffs.py: the offline early-stopping rule, audit matching and run configs (no fits)."""
+"""benchmarks/tradeoffs.py: its early-stopping figure comes from the real policy; audit matching; run configs."""
 
 from __future__ import annotations
 
@@ -24,11 +24,30 @@ def audits(pairs):
                                     "quality/fd_trained": 1.0}} for k, a in pairs]
 
 
-def test_early_stop_rule_matches_leakage_early_stopping(bench):
+def test_early_stop_figure_uses_the_policy_of_leakage_early_stopping(bench, monkeypatch):
     # budget 0.75, patience 1, min_kimg 0.5: the first audit past 0.5 kimg with AUC > 0.75
     recorded = audits([(0.0, 0.9), (4.0, 0.6), (8.0, 0.75), (12.0, 0.8), (16.0, 0.9)])
     assert bench.early_stop_audit(recorded)["kimg"] == 12.0
     assert bench.early_stop_audit(audits([(0.0, 0.5), (4.0, 0.7)])) is None
+    # the callback, fed the same records, stops at the same audit
+    from types import SimpleNamespace
+
+    from gmia_defend.callbacks import LeakageEarlyStopping
+
+    rule = {k: v for k, v in bench.STOP_RULE.items()}
+    stopper = LeakageEarlyStopping(verbose=False, **rule)
+    trainer = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=lambda d, all=True: d),
+                              should_stop=False, is_global_zero=True)
+    for r in recorded:
+        stopper.on_leakage_audit(trainer, None, {**r, "hook": "on_train_batch_end"})
+        if trainer.should_stop:
+            break
+    assert stopper.stopped_kimg == 12.0
+    # no copy of the rule is left in the benchmark: changing the policy changes its figure
+    import gmia_defend.audit as audit_pkg
+
+    monkeypatch.setattr(audit_pkg, "stop_decision", lambda records, rule: {"stop": True})
+    assert bench.early_stop_audit(recorded)["kimg"] == 0.0
 
 
 def test_at_kimg_and_summary(bench):

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -89,6 +90,7 @@ class Auditor:
         self.quality: Any = None
         self.attack: Any = None
         self.result: Any = None  # the AttackResult of the latest audit (evidence images)
+        self._warned: set[tuple] = set()  # (category, file, line) of warnings already shown by this auditor
 
     # ------------------------------------------------------------------------------ building
     def build(self, device: Any = None) -> "Auditor":
@@ -171,8 +173,13 @@ class Auditor:
                     measure.reduce(reduce_sum)
                 return merged
 
-            result = self.attack.run(generator, on_batch=on_batch, on_embeddings=on_embeddings, shard=shard,
-                                     reduce=merge if reduce is not None else None)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    result = self.attack.run(generator, on_batch=on_batch, on_embeddings=on_embeddings,
+                                             shard=shard, reduce=merge if reduce is not None else None)
+                finally:
+                    self._show_once(caught)
             metrics = self._metrics(result)
             if quality_value is not None:
                 metrics[quality_key] = float(quality_value)
@@ -187,6 +194,14 @@ class Auditor:
                            checkpoint=checkpoint, num_samples=int(result.num_samples),
                            embedder=getattr(result, "worst_embedder", None) or getattr(result, "embedder_name", None),
                            time=time.time(), audit_s=round(time.perf_counter() - t0, 3))
+
+    def _show_once(self, caught: list) -> None:
+        """Re-issue each warning of the attack once per auditor (e.g. clamping), not at every audit."""
+        for w in caught:
+            key = (w.category, w.filename, w.lineno)
+            if key not in self._warned:
+                self._warned.add(key)
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     def _hooks(self, measure: Any) -> tuple[Any, Any]:
         if measure is None:

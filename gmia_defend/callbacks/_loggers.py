@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from gmia_defend.audit.record import DEFAULT_METRIC, KIMG, LEAKAGE_PREFIX, QUALITY_PREFIX, AuditRecord
 
@@ -43,3 +43,14 @@ def log_to_loggers(trainer: Any, record: AuditRecord, history: Sequence[AuditRec
                            DEFAULT_METRIC, quality_key)
         except Exception as err:  # noqa: BLE001 - a logger failure must not stop training
             rank_zero_warn(f"could not log the audit to {type(logger).__name__}: {err}")
+
+
+def keep_split_out_of_remote_loggers(trainer: Any, pseudonymize: bool) -> None:
+    """The datamodule's hyper-parameters name the dataset and the split seed: not for remote services."""
+    from gmia_defend.report.wandb import wandb_loggers
+
+    dm = getattr(trainer, "datamodule", None)
+    if pseudonymize and dm is not None and wandb_loggers(trainer) and getattr(dm, "hparams", None):
+        dm._log_hyperparams = False  # noqa: SLF001 - Lightning's switch for logging datamodule hparams
+        rank_zero_info("IdentityLeakageMonitor: the datamodule's hyper-parameters (dataset, split seed) are not "
+                       "sent to W&B; they stay in the run folder's config (pseudonymize=False sends them)")

@@ -33,6 +33,27 @@ def resolve_run_dir(trainer: pl.Trainer, run_dir: str | Path | None) -> Path:
     return Path(run_dir) if run_dir is not None else Path(trainer.default_root_dir)
 
 
+def resolve_generator(pl_module: pl.LightningModule, spec: Any) -> Any:
+    """The generator to audit: ``spec`` is an attribute name, an ``nn.Module`` or ``pl_module -> generator``."""
+    from torch import nn
+
+    from gmia_defend.errors import UserError
+
+    if isinstance(spec, str):
+        found = getattr(pl_module, spec, None)
+        if found is None:
+            children = [n for n, _ in pl_module.named_children()]
+            raise UserError(f"{type(pl_module).__name__} has no attribute {spec!r} to audit; pass generator= the "
+                            f"generator's attribute name (modules: {', '.join(children)}) or a callable "
+                            "pl_module -> generator")
+        return found
+    if isinstance(spec, nn.Module):
+        return spec
+    if callable(spec):
+        return spec(pl_module)
+    raise UserError(f"generator must be an attribute name, a callable or an nn.Module; got {type(spec).__name__}")
+
+
 def has_monitor(trainer: pl.Trainer) -> bool:
     return any(getattr(cb, "emits_leakage_audits", False) for cb in trainer.callbacks)
 

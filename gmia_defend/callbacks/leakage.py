@@ -26,27 +26,24 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from torch import nn
+from pytorch_lightning.utilities import rank_zero_warn
 
 from gmia_defend.audit.auditor import Auditor, load_embedders
 from gmia_defend.audit.log import AuditLog, audit_records
 from gmia_defend.audit.record import KIMG, LEAKAGE_PREFIX, PRIVACY_PREFIX, QUALITY_PREFIX, AuditRecord
-from gmia_defend.callbacks._loggers import log_to_loggers
+from gmia_defend.callbacks._ddp import PeerAuditFailed, ddp_reducers
+from gmia_defend.callbacks._loggers import keep_split_out_of_remote_loggers, log_to_loggers
 from gmia_defend.callbacks._real_images import QUALITY_REFERENCES, real_images_for
-from gmia_defend.callbacks._state import audit_listeners, batch_size_of, module_kimg, resolve_run_dir
+from gmia_defend.callbacks._state import (audit_listeners, batch_size_of, module_kimg, resolve_generator,
+                                          resolve_run_dir)
 from gmia_defend.errors import UserError
 from gmia_defend.rng import preserved_rng
 
 DEFAULT_EVERY_N_KIMG = 100.0
-
-
-class _PeerAuditFailed(RuntimeError):
-    """Another process's share of the audit failed (raised on the healthy processes)."""
 
 
 class IdentityLeakageMonitor(pl.Callback):
@@ -156,17 +153,7 @@ class IdentityLeakageMonitor(pl.Callback):
                 self.batch_size, self.seed, quality=self.fid, fid_weights_path=self.fid_weights_path,
                 real_images=lambda: self._real_images(trainer), halves=self.halves, progress=self.progress,
                 attack_options=self.attack_options)
-        self._keep_split_out_of_remote_loggers(trainer)
-
-    def _keep_split_out_of_remote_loggers(self, trainer: pl.Trainer) -> None:
-        """The datamodule's hyper-parameters name the dataset and the split seed: not for remote services."""
-        from gmia_defend.report.wandb import wandb_loggers
-
-        dm = getattr(trainer, "datamodule", None)
-        if self.pseudonymize and dm is not None and wandb_loggers(trainer) and getattr(dm, "hparams", None):
-            dm._log_hyperparams = False  # noqa: SLF001 - Lightning's switch for logging datamodule hparams
-            rank_zero_info("IdentityLeakageMonitor: the datamodule's hyper-parameters (dataset, split seed) are "
-                           "not sent to W&B; they stay in the run folder's config (pseudonymize=False sends them)")
+        keep_split_out_of_remote_loggers(trainer, self.pseudonymize)
 
     def _resolve_audit(self, trainer: pl.Trainer) -> Any:
         if self.audit is not None:
@@ -182,22 +169,6 @@ class IdentityLeakageMonitor(pl.Callback):
         n = int(self.num_real_images or self.num_samples)
         return real_images_for(self.quality_reference, trainer, n, self.seed,
                                lambda: self._resolve_audit(trainer))
-
-    def _resolve_generator(self, pl_module: pl.LightningModule) -> Any:
-        g = self.generator
-        if isinstance(g, str):
-            found = getattr(pl_module, g, None)
-            if found is None:
-                children = [n for n, _ in pl_module.named_children()]
-                raise UserError(f"{type(pl_module).__name__} has no attribute {g!r} to audit; pass "
-                                f"generator= the generator's attribute name (modules: {', '.join(children)}) "
-                                "or a callable pl_module -> generator")
-            return found
-        if isinstance(g, nn.Module):
-            return g
-        if callable(g):
-            return g(pl_module)
-        raise UserError(f"generator must be an attribute name, a callable or an nn.Module; got {type(g).__name__}")
 
     # ------------------------------------------------------------------------------- cadence hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -252,7 +223,7 @@ class IdentityLeakageMonitor(pl.Callback):
         error: BaseException | None = None
         record = None
         self._reduced = False
-        generator = self._resolve_generator(pl_module)  # configuration errors raise here, on every rank
+        generator = resolve_generator(pl_module, self.generator)  # configuration errors raise here, on every rank
         self.auditor.prepare(pl_module.device)
         try:
             record = self._measure(trainer, generator, kimg)
@@ -263,7 +234,7 @@ class IdentityLeakageMonitor(pl.Callback):
         if world > 1:
             all_ok = trainer.strategy.reduce_boolean_decision(error is None, all=True)
             if error is None and not all_ok:
-                error = _PeerAuditFailed("the audit failed on another process")
+                error = PeerAuditFailed("the audit failed on another process")
         if error is not None:
             record = AuditRecord.failed(kimg, error)
         assert record is not None
@@ -290,7 +261,7 @@ class IdentityLeakageMonitor(pl.Callback):
         world, rank = trainer.world_size, trainer.global_rank
         reduce = reduce_sum = None
         if world > 1:
-            reduce, reduce_sum = self._ddp_reducers(trainer)
+            reduce, reduce_sum = ddp_reducers(trainer, self._mark_reduced)
         with preserved_rng():
             record = self.auditor.audit(generator, kimg=kimg, step=int(trainer.global_step), shard=(rank, world),
                                         reduce=reduce, reduce_sum=reduce_sum)
@@ -298,22 +269,8 @@ class IdentityLeakageMonitor(pl.Callback):
             raise RuntimeError("the attack did not merge its shards (reduce was not called)")
         return record
 
-    def _ddp_reducers(self, trainer: pl.Trainer) -> tuple[Callable[[dict], dict], Callable]:
-        from gmia_defend.attack.scores import all_gather_reduce
-
-        strategy = trainer.strategy
-        gather = all_gather_reduce(lambda t: strategy.all_gather(t), trainer.world_size)
-
-        def reduce(stats: dict) -> dict:
-            self._reduced = True
-            if not strategy.reduce_boolean_decision(True, all=True):
-                raise _PeerAuditFailed("the audit failed on another process")
-            return gather(stats)
-
-        def reduce_sum(t: torch.Tensor) -> torch.Tensor:
-            return strategy.reduce(t.to(strategy.root_device), reduce_op="sum").cpu()
-
-        return reduce, reduce_sum
+    def _mark_reduced(self) -> None:
+        self._reduced = True
 
     def _annotate(self, record: AuditRecord, trainer: pl.Trainer, hook: str, seconds: float) -> None:
         record.audit, record.step, record.batches = len(self.history), int(trainer.global_step), int(self._batches)

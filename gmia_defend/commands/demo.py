@@ -132,9 +132,29 @@ def build_demo(out: str | Path, config: str | Path | None = None, embedder: Any 
     return DemoRun(trainer, cli.model, cli.datamodule, mon, stop, sel, out)
 
 
+class _DropLightningTip:
+    """Drops Lightning's advertising tip about its cloud logger (not something the demo's user can act on)."""
+
+    def filter(self, record: Any) -> bool:
+        return "Tip: For seamless cloud logging" not in str(record.getMessage())
+
+
+def quiet_console() -> None:
+    """Silence what the demo's own configuration triggers: Lightning's logger tip, ModelCheckpoint's warning
+    about manual optimisation (a GAN checkpoint after the step is what is wanted) and the CSV logger's
+    note that the run folder is not empty (it holds the run's own outputs by design)."""
+    import logging
+
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropLightningTip())
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+
+
 def run(args: argparse.Namespace) -> int:
     from gmia_defend.commands import report
 
+    quiet_console()
     out = Path(args.out)
     _prepare_out(out, args.overwrite)
     start = time.perf_counter()
