@@ -31,7 +31,11 @@ WORST_CASE_KEYS = ("leakage/auc", "leakage/auc_ci_low", "leakage/auc_ci_high", "
 
 @dataclass
 class EmbedderReport:
-    """What one embedder saw: metrics with plain ``leakage/...`` keys, identity table, evidence."""
+    """What one embedder saw: metrics with plain ``leakage/...`` keys, identity table, evidence.
+
+    >>> EmbedderReport("pixels", {"leakage/auc": 0.5}, [], [], 0.9, "embedder").to_dict()["metrics"]
+    {'leakage/auc': 0.5}
+    """
 
     name: str
     metrics: dict[str, float]
@@ -54,10 +58,21 @@ def _evidence_json(entry: dict) -> dict:
 class AttackResult:
     """Outcome of ``IdentityMembershipAttack.run``.
 
-    ``metrics`` is flat ``{key: float}``: DESIGN.md keys; with several embedders also
-    ``leakage/<name>/<metric>`` and the plain keys hold the worst case (``worst_embedder``).
-    ``identities`` and ``evidence`` are the worst embedder's. Evidence entries hold tensors
-    ``reference`` [3,H,W] and ``images`` [n,3,H,W] in [-1, 1] (not written to JSON).
+    ``metrics`` is flat ``{key: float}`` (``leakage/auc``, ``leakage/p_value``, ... see
+    ``attack.metrics.METRIC_KEYS``, plus ``leakage/leak_rate``); with several embedders also
+    ``leakage/<name>/<metric>`` and the plain keys hold the worst case (``worst_case``).
+    ``identities`` and ``evidence`` are the worst embedder's; each identity row carries its
+    ``score`` and ``block_scores`` (one per latent block), so any subset can be re-scored with
+    ``membership_metrics``. Evidence entries hold tensors ``reference`` [3,H,W] and ``images``
+    [n,3,H,W] in [-1, 1] (not written to JSON).
+
+    Example (two embedders: the plain keys are the worst of each):
+
+    >>> a = EmbedderReport("a", {"leakage/auc": 0.6, "leakage/auc_ci_low": 0.5, "leakage/auc_ci_high": 0.7}, [], [], 0.5, "x")
+    >>> b = EmbedderReport("b", {"leakage/auc": 0.7, "leakage/auc_ci_low": 0.4, "leakage/auc_ci_high": 0.9}, [], [], 0.5, "x")
+    >>> r = AttackResult.from_reports([a, b], num_samples=10, score="topk_mean", top_k=1, seed=0)
+    >>> r.worst_embedder, r.metrics["leakage/auc"], r.metrics["leakage/auc_ci_low"], r.metrics["leakage/auc_ci_high"]
+    ('b', 0.7, 0.5, 0.9)
     """
 
     metrics: dict[str, float]

@@ -63,7 +63,12 @@ _TOPK_FIELDS = ("topk_sim", "topk_idx")
 
 
 class IdentitySimilarity:
-    """Maps embeddings [B, d] to similarities [B, I] against each identity's references."""
+    """Maps embeddings [B, d] to similarities [B, I] against each identity's references.
+
+    >>> refs = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> IdentitySimilarity(refs, torch.tensor([0, 0, 1]), 2)(torch.tensor([[0.6, 0.8]])).tolist()
+    [[0.6000000238418579, 0.800000011920929]]
+    """
 
     def __init__(self, ref_embeddings: Tensor, ref_labels: Tensor, num_identities: int,
                  reduction: str = "mean") -> None:
@@ -139,7 +144,13 @@ def threshold_from_impostors(embeddings: Tensor, labels: Tensor, far: float = 1e
 
 
 class StreamingIdentityStats:
-    """Running per-identity statistics of generated samples (see module doc for definitions)."""
+    """Running per-identity statistics of generated samples (see module doc for definitions).
+
+    >>> stats = StreamingIdentityStats(num_identities=2, keep=2, threshold=0.5, num_blocks=2, num_samples=4)
+    >>> stats.update(torch.tensor([[0.9, 0.1], [0.2, 0.3], [0.7, 0.6], [0.1, 0.8]]), torch.arange(4))
+    >>> stats.matches.tolist(), stats.block_summary(top_k=1)["max_sim"].round(2).tolist()
+    ([2, 1], [[0.9, 0.7], [0.3, 0.8]])
+    """
 
     def __init__(self, num_identities: int, keep: int, threshold: float,
                  device: torch.device | str = "cpu", num_blocks: int = 1, num_samples: int | None = None) -> None:

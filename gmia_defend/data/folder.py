@@ -52,6 +52,15 @@ class IdentityImageFolder(IdentityDataset):
 
     Hidden files (``.DS_Store``, ``._x``) are ignored. With ``verify=True`` (default) every image is
     opened once at construction so unreadable files are caught before training.
+
+    >>> import tempfile, PIL.Image
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for person in ("ada", "bob"):
+    ...     (root / person).mkdir()
+    ...     PIL.Image.new("RGB", (20, 20)).save(root / person / "1.png")
+    >>> folder = IdentityImageFolder(root, resolution=16)
+    >>> folder.identities, folder.keys, tuple(folder.load([0]).shape)
+    (['ada', 'bob'], ['ada/1.png', 'bob/1.png'], (1, 3, 16, 16))
     """
 
     def __init__(

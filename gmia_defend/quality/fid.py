@@ -66,6 +66,12 @@ class FrechetQuality:
 
     ``update(images)`` is the ``on_batch`` hook of ``IdentityMembershipAttack.run``. Features are
     computed on the device the extractor lives on, in chunks of ``batch_size``.
+
+    >>> fd = FrechetQuality(lambda x: x.flatten(1)[:, :4], dim=4, key="quality/fd_demo")
+    >>> images = torch.rand(64, 3, 8, 8) * 2 - 1
+    >>> fd.set_real_images(images); fd.update(images)
+    >>> round(fd.compute(), 6)
+    0.0
     """
 
     def __init__(self, extractor: Callable[[torch.Tensor], torch.Tensor], dim: int, key: str,

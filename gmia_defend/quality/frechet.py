@@ -12,7 +12,13 @@ import torch
 
 
 class GaussianStats:
-    """Running count, sum and outer-product sum of feature vectors, kept in float64."""
+    """Running count, sum and outer-product sum of feature vectors, kept in float64.
+
+    >>> a, b = GaussianStats(2), GaussianStats(2)
+    >>> a.update(torch.tensor([[0.0, 1.0], [2.0, 3.0]])); b.update(torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
+    >>> round(frechet_from_stats(a, b), 6)
+    0.0
+    """
 
     def __init__(self, dim: int, device: torch.device | str = "cpu") -> None:
         self.dim = int(dim)
