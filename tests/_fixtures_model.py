@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -36,3 +38,17 @@ def tiny_trainer(root, max_batches: int, **kwargs):
                 default_root_dir=str(root), deterministic=False)
     opts.update(kwargs)
     return pl.Trainer(**opts)
+
+
+
+class HangAfterBatch(pl.Callback):
+    """For crash tests: after ``batches`` batches, touch ``marker`` and sleep, so the test can kill the
+    process (SIGKILL) at a known point after a checkpoint was written."""
+
+    def __init__(self, batches: int, marker: str) -> None:
+        self.batches, self.marker = int(batches), marker
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if int(pl_module.batches_seen) >= self.batches:
+            open(self.marker, "w").close()
+            time.sleep(600)

@@ -43,7 +43,7 @@ def test_member_images_cap_and_balanced(tmp_path: Path) -> None:
     assert dm.audit_set.train_counts == dm.train_counts
     assert len(dm.dataset.indices_of(dm.split.member_identities[0])) == 22
     loader = dm.train_dataloader()
-    assert loader.sampler.__class__.__name__ == "IdentityBalancedSampler"
+    assert loader.batch_sampler.balanced is not None  # identity-balanced order
     images, labels = next(iter(loader))
     assert images.shape == (8, 3, 32, 32)
     path = dm.save_split(tmp_path)

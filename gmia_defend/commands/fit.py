@@ -81,9 +81,14 @@ def _cli_classes():
             if config.get("enable_checkpointing", True) is not False and not any(
                     isinstance(c, ModelCheckpoint) for c in callbacks):
                 callbacks.append(ModelCheckpoint(save_last=True))
+            resuming = bool(self.config.get("ckpt_path"))
             for cb in callbacks:
                 if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                     cb.dirpath = str(root / "checkpoints")
+                if isinstance(cb, ModelCheckpoint) and resuming and hasattr(cb, "_enable_version_counter"):
+                    # a resumed run continues the same files: last.ckpt, not last-v1.ckpt beside a stale
+                    # last.ckpt that the next --ckpt_path last would pick up
+                    cb._enable_version_counter = False
             config["callbacks"] = callbacks
             return super().instantiate_trainer(**kwargs)
 

@@ -5,7 +5,17 @@ and the held-out references the leakage callbacks audit with, so the two can nev
 arguments are plain types so LightningCLI can set them from YAML.
 
 Batches are ``(images float32 [B,3,R,R] in [-1,1], labels int64 [B])`` where a label is the identity's
-index in ``datamodule.dataset.identities`` (identity-level DP groups by it).
+index in ``datamodule.dataset.identities`` (identity-level DP groups by it; for public training
+images, its index in ``datamodule.public_dataset.identities``).
+
+The data order is a function of ``split_seed`` and the epoch, and the position in the epoch is
+saved in checkpoints: a run resumed from a checkpoint trains on exactly the batches the
+uninterrupted run would have.
+
+Public pretraining: ``train_on="public"`` trains on identities that are public (neither members,
+non-members, nor population): ``public_identities`` synthetic identities from a range disjoint from
+the dataset's, or that many unused identities of the folder, or every identity of ``public_folder``.
+The split records them (``split.json``), and refuses any overlap with the audited identities.
 """
 
 from __future__ import annotations
@@ -21,10 +31,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gmia_defend.data.audit import AuditSet
-from gmia_defend.data.sampling import IdentityBalancedSampler, cap_per_identity, synthetic_split
+from gmia_defend.data.sampling import ResumableBatchSampler, cap_per_identity, synthetic_split
 from gmia_defend.data.specs import IdentityDataset
 from gmia_defend.data.split import IdentitySplit
-from gmia_defend.errors import DataError
+from gmia_defend.errors import DataError, UserError
+
+TRAIN_ON = ("members", "public")
 
 __all__ = ["IdentityDataModule", "PrerenderedImages", "IndexedImages"]
 
@@ -61,6 +73,20 @@ class IndexedImages(Dataset):
 class IdentityDataModule(pl.LightningDataModule):
     """Training images and the audit set from an identity split.
 
+    >>> dm = IdentityDataModule(num_members=2, num_nonmembers=2, num_population_identities=0,
+    ...                         images_per_identity=4, references_per_identity=1, batch_size=2,
+    ...                         resolution=16, public_identities=3)
+    >>> images, labels = next(iter(dm.train_dataloader()))
+    >>> tuple(images.shape), dm.num_train_images
+    ((2, 3, 16, 16), 6)
+    >>> len(dm.public_identity_names), set(dm.public_identity_names) & set(dm.split.members)
+    (3, set())
+    >>> pretrain = IdentityDataModule(num_members=2, num_nonmembers=2, num_population_identities=0,
+    ...                               images_per_identity=4, references_per_identity=1, batch_size=2,
+    ...                               resolution=16, public_identities=3, train_on="public")
+    >>> pretrain.num_train_images  # 3 public identities x 4 images; no member image
+    12
+
     Args:
         dataset: "synthetic" (procedural faces) or a folder path laid out as root/<identity>/<image>.
         resolution: image size (synthetic renders at it; folder images are resized and centre-cropped).
@@ -84,6 +110,15 @@ class IdentityDataModule(pl.LightningDataModule):
         balanced: draw identities uniformly, then an image (identity-balanced sampling).
         batch_size, num_workers, drop_last: DataLoader settings.
         pin_memory: None = on when CUDA is available.
+        train_on: "members" (default) or "public": pretrain on the public identities only (no
+            member image is trained on; the audit set stays the same).
+        public_identities: number of public identities: synthetic data renders them from identity
+            indices after the dataset's own; a folder dataset uses that many of its identities the
+            split does not use (seeded by ``split_seed``).
+        public_images_per_identity: synthetic only: images per public identity (default
+            ``images_per_identity``).
+        public_folder: a folder root/<identity>/<image> of public people; all its identities are
+            public (names must not be members, non-members or population identities).
     """
 
     def __init__(
@@ -109,6 +144,10 @@ class IdentityDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool | None = None,
         drop_last: bool = True,
+        train_on: str = "members",
+        public_identities: int = 0,
+        public_images_per_identity: int | None = None,
+        public_folder: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -142,6 +181,24 @@ class IdentityDataModule(pl.LightningDataModule):
         self.drop_last = bool(drop_last)
         if self.batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        if train_on not in TRAIN_ON:
+            raise UserError(f"data.train_on must be one of {TRAIN_ON}, got {train_on!r}")
+        self.train_on = train_on
+        self.public_identities = int(public_identities or 0)
+        self.public_images_per_identity = (int(public_images_per_identity) if public_images_per_identity
+                                           else self.images_per_identity)
+        self.public_folder = public_folder
+        if self.public_identities < 0:
+            raise UserError(f"data.public_identities must be >= 0, got {public_identities}")
+        if self.public_identities and public_folder:
+            raise UserError("give data.public_identities or data.public_folder, not both")
+        if train_on == "public" and not (self.public_identities or public_folder):
+            raise UserError("data.train_on=public needs public people: set data.public_identities=N (identities "
+                            "outside the split) or data.public_folder=PATH")
+        self._public: IdentityDataset | None = None
+        self._public_indices: list[int] | None = None
+        self._sampler: ResumableBatchSampler | None = None
+        self._resume: dict[str, int] | None = None
         self._dataset: IdentityDataset | None = None
         self._split: IdentitySplit | None = None
         self._audit: AuditSet | None = None
@@ -193,6 +250,8 @@ class IdentityDataModule(pl.LightningDataModule):
         if self.max_images_per_identity is not None:
             split = self._capped(dataset, split)
         self._dataset, self._split = dataset, split
+        if self.public_identities or self.public_folder:
+            self._split = self._with_public(dataset, split)
 
     def _capped(self, dataset: IdentityDataset, split: IdentitySplit) -> IdentitySplit:
         """The split with at most ``max_images_per_identity`` training images per member."""
@@ -213,6 +272,67 @@ class IdentityDataModule(pl.LightningDataModule):
             seed=self.split_seed,
         )
 
+    def _public_source(self, dataset: IdentityDataset, split: IdentitySplit) -> tuple[IdentityDataset, list[int]]:
+        """(dataset holding the public images, their indices in it)."""
+        if self.public_folder:
+            from gmia_defend.data.folder import IdentityImageFolder
+
+            if self.dataset_arg != "synthetic" and Path(self.public_folder).resolve() == Path(self.dataset_arg).resolve():
+                raise UserError("data.public_folder is the training dataset itself; name a folder of other people")
+            public = IdentityImageFolder(self.public_folder, resolution=self.resolution)
+            return public, list(range(len(public)))
+        from gmia_defend.data.synthetic import SyntheticFaces
+
+        if isinstance(dataset, SyntheticFaces):
+            # identity indices right after the dataset's own: disjoint by construction
+            public = SyntheticFaces(self.public_identities, self.public_images_per_identity,
+                                    resolution=self.resolution, seed=dataset.seed,
+                                    identity_offset=dataset.identity_offset + dataset.num_identities,
+                                    nuisance=dataset.nuisance)
+            return public, list(range(len(public)))
+        used = set(split.members) | set(split.nonmembers) | {dataset.identity_of_key(k) for k in split.population}
+        free = [n for n in dataset.identities if n not in used]
+        import random
+
+        random.Random(self.split_seed + 15_485_863).shuffle(free)
+        if len(free) < self.public_identities:
+            raise UserError(f"data.public_identities={self.public_identities} but only {len(free)} identities of the "
+                            "dataset are outside the split; lower it or name a data.public_folder")
+        chosen = sorted(free[: self.public_identities])
+        return dataset, [i for n in chosen for i in dataset.indices_of(n)]
+
+    def _with_public(self, dataset: IdentityDataset, split: IdentitySplit) -> IdentitySplit:
+        public, indices = self._public_source(dataset, split)
+        names = sorted({public.identities[int(public.targets[i])] for i in indices})
+        self._public, self._public_indices = public, indices
+        if public is dataset:
+            return split.with_public(names)  # refuses, naming them, identities the split already uses
+        # public people from another dataset (a disjoint synthetic range, a public folder): the same
+        # disjointness check by name, recorded with that dataset's spec in split.json's meta
+        audited = set(split.members) | set(split.nonmembers)
+        population = {dataset.identity_of_key(k) for k in split.population}
+        overlap = sorted(set(names) & (audited | population))
+        if overlap:
+            raise UserError(f"the public identities overlap the protected or audited ones: {overlap[:10]}; remove "
+                            "them from the public set")
+        import dataclasses
+
+        return dataclasses.replace(split, meta={**split.meta, "public": names, "public_dataset": public.spec()})
+
+    @property
+    def public_identity_names(self) -> list[str]:
+        """Names of the public identities (empty without a public set)."""
+        self._build()
+        if self._public is None or self._public_indices is None:
+            return []
+        return sorted({self._public.identities[int(self._public.targets[i])] for i in self._public_indices})
+
+    @property
+    def public_dataset(self) -> IdentityDataset | None:
+        """The dataset the public images come from (None without a public set)."""
+        self._build()
+        return self._public
+
     @property
     def dataset(self) -> IdentityDataset:
         self._build()
@@ -232,9 +352,14 @@ class IdentityDataModule(pl.LightningDataModule):
 
     @property
     def train_indices(self) -> list[int]:
-        """Dataset indices of the training images (after any per-identity cap)."""
+        """Indices of the training images: in ``dataset`` (members, after any per-identity cap), or
+        with ``train_on="public"`` in ``public_dataset``."""
         if self._train_indices is None:
-            self._train_indices = self.split.train_indices(self.dataset)
+            if self.train_on == "public":
+                self._build()
+                self._train_indices = list(self._public_indices or [])
+            else:
+                self._train_indices = self.split.train_indices(self.dataset)
         return self._train_indices
 
     @property
@@ -254,11 +379,12 @@ class IdentityDataModule(pl.LightningDataModule):
                 raise DataError("the training set is empty; check the split and max_images_per_identity")
             from gmia_defend.data.synthetic import SyntheticFaces
 
-            if isinstance(self.dataset, SyntheticFaces):  # render once: far faster than per item
-                images = self.dataset.load(idx)
-                self._train = PrerenderedImages(images, self.dataset.targets[torch.as_tensor(idx)])
+            source = self.public_dataset if self.train_on == "public" else self.dataset
+            if isinstance(source, SyntheticFaces):  # render once: far faster than per item
+                images = source.load(idx)
+                self._train = PrerenderedImages(images, source.targets[torch.as_tensor(idx)])
             else:
-                self._train = IndexedImages(self.dataset, idx)
+                self._train = IndexedImages(source, idx)
         return self._train
 
     # ---- Lightning hooks -----------------------------------------------------------------------
@@ -282,19 +408,24 @@ class IdentityDataModule(pl.LightningDataModule):
                 "batch would be produced; lower batch_size or add member identities/images"
             )
         pin = torch.cuda.is_available() if self.pin_memory is None else bool(self.pin_memory)
-        common: dict[str, Any] = dict(
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=pin,
-            drop_last=self.drop_last,
-            persistent_workers=self.num_workers > 0,
-        )
-        if self.balanced:
-            labels = data.labels  # type: ignore[attr-defined]
-            sampler = IdentityBalancedSampler(labels, num_samples=len(data), seed=self.split_seed)
-            return DataLoader(data, sampler=sampler, **common)
-        g = torch.Generator().manual_seed(self.split_seed)
-        return DataLoader(data, shuffle=True, generator=g, **common)
+        trainer = self._trainer_or_none()
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        # the order depends on (split_seed, epoch) only, and the position is checkpointed
+        sampler = ResumableBatchSampler(len(data), self.batch_size, seed=self.split_seed, drop_last=self.drop_last,
+                                        labels=data.labels if self.balanced else None,  # type: ignore[attr-defined]
+                                        rank=rank, world_size=world)
+        if self._resume is not None:
+            sampler.resume(self._resume["epoch"], self._resume["batches"])
+            self._resume = None
+        self._sampler = sampler
+        return DataLoader(data, batch_sampler=sampler, num_workers=self.num_workers, pin_memory=pin,
+                          persistent_workers=self.num_workers > 0)
+
+    def _trainer_or_none(self) -> Any:
+        try:
+            return getattr(self, "trainer", None)
+        except RuntimeError:
+            return None
 
     # ---- outputs -------------------------------------------------------------------------------
     def save_split(self, run_dir: str | os.PathLike) -> Path:
@@ -307,7 +438,14 @@ class IdentityDataModule(pl.LightningDataModule):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"split_hash": self.split_hash(), "dataset_fingerprint": self.split.dataset_fingerprint}
+        """Split hash (to refuse resuming on other data) and the position in the data order."""
+        state: dict[str, Any] = {"split_hash": self.split_hash(), "dataset_fingerprint": self.split.dataset_fingerprint}
+        trainer = self._trainer_or_none()
+        if trainer is not None and self._sampler is not None:
+            # batches handed to training in the current epoch (prefetched ones are not counted)
+            done = int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+            state["position"] = {"epoch": int(trainer.current_epoch), "batches": done}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         expected = state.get("split_hash")
@@ -317,3 +455,8 @@ class IdentityDataModule(pl.LightningDataModule):
                 f"(split hash {expected} vs {self.split_hash()}); resume with the same data arguments "
                 "or pass split_path=<run>/split.json"
             )
+        position = state.get("position")
+        if position:
+            self._resume = {"epoch": int(position["epoch"]), "batches": int(position["batches"])}
+            if self._sampler is not None:
+                self._sampler.resume(self._resume["epoch"], self._resume["batches"])

@@ -21,6 +21,7 @@ from gmia_defend.errors import DataError
 __all__ = [
     "cap_per_identity",
     "IdentityBalancedSampler",
+    "ResumableBatchSampler",
     "fixed_budget_split",
     "overrepresented_split",
     "synthetic_split",
@@ -92,6 +93,74 @@ class IdentityBalancedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Batches of a seeded per-epoch order whose position can be saved and restored.
+
+    The order of epoch ``e`` is a function of ``(seed, e)`` only: a shuffle of the ``num_items``
+    items, or, with ``labels``, identity-balanced draws (an identity uniformly, then one of its
+    images). ``resume(epoch, batches)`` makes the next pass over epoch ``epoch`` skip the batches a
+    previous run already trained on, so a run restarted from a checkpoint sees exactly the batches
+    of the uninterrupted one. ``set_epoch`` (called by Lightning) selects the epoch; without it,
+    epochs count up per pass. With ``world_size > 1`` each rank takes every ``world_size``-th item.
+
+    >>> sampler = ResumableBatchSampler(10, batch_size=4, seed=0)
+    >>> first = list(sampler)
+    >>> [len(b) for b in first]
+    [4, 4]
+    >>> again = ResumableBatchSampler(10, batch_size=4, seed=0)
+    >>> again.resume(epoch=0, batches=1)
+    >>> list(again) == first[1:]
+    True
+    """
+
+    def __init__(self, num_items: int, batch_size: int, *, seed: int = 0, shuffle: bool = True,
+                 drop_last: bool = True, labels: torch.Tensor | Sequence[int] | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if int(num_items) < 1 or int(batch_size) < 1:
+            raise DataError(f"cannot batch {num_items} items in batches of {batch_size}")
+        self.num_items, self.batch_size = int(num_items), int(batch_size)
+        self.seed, self.shuffle, self.drop_last = int(seed), bool(shuffle), bool(drop_last)
+        self.balanced = IdentityBalancedSampler(labels, num_samples=self.num_items, seed=self.seed) \
+            if labels is not None else None
+        self.rank, self.world_size = int(rank), max(1, int(world_size))
+        self.epoch = 0
+        self._skip: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def resume(self, epoch: int, batches: int) -> None:
+        """Skip the first ``batches`` batches of epoch ``epoch`` (once, when that epoch is iterated)."""
+        self._skip = (int(epoch), int(batches))
+        self.epoch = int(epoch)
+
+    def order(self, epoch: int) -> list[int]:
+        """This rank's items of epoch ``epoch``, in order."""
+        if self.balanced is not None:
+            self.balanced.set_epoch(epoch)
+            items = list(self.balanced)
+        elif self.shuffle:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + 7_919 * int(epoch) + 1) % (2**63))
+            items = torch.randperm(self.num_items, generator=g).tolist()
+        else:
+            items = list(range(self.num_items))
+        return items[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        n = len(range(self.rank, self.num_items, self.world_size))
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch = self.epoch
+        self.epoch += 1  # a pass without set_epoch moves on to the next epoch
+        skip = 0
+        if self._skip is not None and self._skip[0] == epoch:
+            skip, self._skip = self._skip[1], None
+        items = self.order(epoch)
+        for b in range(skip, len(self)):
+            yield items[b * self.batch_size:(b + 1) * self.batch_size]
 
 
 def _trim(split: IdentitySplit, quotas: dict[str, int], seed: int, **meta) -> IdentitySplit:

@@ -233,12 +233,13 @@ class PrivateDiscriminator:
         return out
 
     def step(self, module: Any, real_images: torch.Tensor, real_labels: torch.Tensor | None = None,
-             fake_images: torch.Tensor | None = None) -> dict[str, float]:
+             fake_images: torch.Tensor | None = None, generator: torch.Generator | None = None) -> dict[str, float]:
         """One private D update; returns floats to log (``privacy/epsilon``, ``privacy/steps``).
 
         ``fake_images[i]`` is paired with ``real_images[i]`` (reused cyclically if there are fewer);
         for identity-level DP ``real_labels`` give each image's identity. An empty real batch (Poisson)
-        still takes a step: noise only.
+        still takes a step: noise only. ``generator`` draws the module's augmentation (None: the
+        global RNG); the Gaussian noise always comes from this object's own generator.
         """
         if self.budget_exhausted:
             raise UserError(f"privacy budget exhausted: another D step would take epsilon above target_epsilon="
@@ -261,7 +262,10 @@ class PrivateDiscriminator:
         aug = getattr(module, "augment", None) if self.augment else None
         if callable(aug) and n > 0:
             with torch.no_grad():
-                real, fake = aug(real), aug(fake)
+                if generator is not None:
+                    real, fake = aug(real, generator), aug(fake, generator)
+                else:
+                    real, fake = aug(real), aug(fake)
 
         lazy_r1 = self.r1_gamma > 0 and self.steps % self.r1_interval == 0
         r1_weight = self.r1_gamma / 2.0 * self.r1_interval if lazy_r1 else 0.0

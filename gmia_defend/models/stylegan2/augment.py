@@ -4,12 +4,14 @@ Applied to every image D sees, real and fake, in both the D and the G step, so G
 augmentations. Each operation is applied to each sample independently with a FIXED probability ``p``
 (not adaptive as in ADA). All ops are per sample: no information crosses the batch, so the
 augmentation is safe inside a differentially private discriminator step.
-Images are in [-1, 1]; translation and cutout fill with 0 (mid grey).
+Images are in [-1, 1]; translation and cutout fill with 0 (mid grey). Every op takes an optional
+``generator`` (a ``torch.Generator`` on the images' device) so a training step can draw its
+augmentation from its own stream instead of the global RNG.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,25 +24,28 @@ def _where(mask: torch.Tensor, augmented: torch.Tensor, x: torch.Tensor) -> torc
     return torch.where(mask.view(-1, 1, 1, 1), augmented, x)
 
 
-def _rand(x: torch.Tensor, *shape: int) -> torch.Tensor:
-    return torch.rand(x.shape[0], *shape, device=x.device, dtype=x.dtype)
+Gen = Optional[torch.Generator]
 
 
-def color(x: torch.Tensor) -> torch.Tensor:
+def _rand(x: torch.Tensor, *shape: int, generator: Gen = None) -> torch.Tensor:
+    return torch.rand(x.shape[0], *shape, device=x.device, dtype=x.dtype, generator=generator)
+
+
+def color(x: torch.Tensor, generator: Gen = None) -> torch.Tensor:
     """Random brightness (+-0.5), saturation (x0..2) and contrast (x0.5..1.5)."""
-    x = x + (_rand(x, 1, 1, 1) - 0.5)
+    x = x + (_rand(x, 1, 1, 1, generator=generator) - 0.5)
     mean = x.mean(dim=1, keepdim=True)
-    x = (x - mean) * (_rand(x, 1, 1, 1) * 2.0) + mean
+    x = (x - mean) * (_rand(x, 1, 1, 1, generator=generator) * 2.0) + mean
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - mean) * (_rand(x, 1, 1, 1) + 0.5) + mean
+    return (x - mean) * (_rand(x, 1, 1, 1, generator=generator) + 0.5) + mean
 
 
-def translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
+def translation(x: torch.Tensor, ratio: float = 0.125, generator: Gen = None) -> torch.Tensor:
     """Integer shifts of up to ``ratio`` of the image size, zero (grey) fill."""
     n, _, h, w = x.shape
     sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    ty = torch.randint(-sh, sh + 1, (n, 1, 1), device=x.device)
-    tx = torch.randint(-sw, sw + 1, (n, 1, 1), device=x.device)
+    ty = torch.randint(-sh, sh + 1, (n, 1, 1), device=x.device, generator=generator)
+    tx = torch.randint(-sw, sw + 1, (n, 1, 1), device=x.device, generator=generator)
     gy = torch.arange(h, device=x.device).view(1, h, 1) - ty  # source row of each output row
     gx = torch.arange(w, device=x.device).view(1, 1, w) - tx
     valid = ((gy >= 0) & (gy < h) & (gx >= 0) & (gx < w)).unsqueeze(1)
@@ -49,12 +54,12 @@ def translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
     return out * valid.to(x.dtype)
 
 
-def cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
+def cutout(x: torch.Tensor, ratio: float = 0.5, generator: Gen = None) -> torch.Tensor:
     """Zero (grey) a square of ``ratio`` times the image size at a random centre (may be clipped)."""
     n, _, h, w = x.shape
     ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    y0 = torch.randint(0, h, (n, 1, 1), device=x.device) - ch // 2
-    x0 = torch.randint(0, w, (n, 1, 1), device=x.device) - cw // 2
+    y0 = torch.randint(0, h, (n, 1, 1), device=x.device, generator=generator) - ch // 2
+    x0 = torch.randint(0, w, (n, 1, 1), device=x.device, generator=generator) - cw // 2
     ys = torch.arange(h, device=x.device).view(1, h, 1)
     xs = torch.arange(w, device=x.device).view(1, 1, w)
     inside = (ys >= y0) & (ys < y0 + ch) & (xs >= x0) & (xs < x0 + cw)
@@ -87,15 +92,16 @@ class DiffAugment(nn.Module):
         self.p = float(p)
         self.policy = parse_policy(policy)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, generator: Gen = None) -> torch.Tensor:
+        """Augment ``x``; random draws come from ``generator`` (None: the global RNG)."""
         if self.p <= 0.0 or not self.policy:
             return x
         for name in self.policy:
-            augmented = _OPS[name](x)
+            augmented = _OPS[name](x, generator=generator)
             if self.p >= 1.0:
                 x = augmented
             else:
-                x = _where(torch.rand(x.shape[0], device=x.device) < self.p, augmented, x)
+                x = _where(torch.rand(x.shape[0], device=x.device, generator=generator) < self.p, augmented, x)
         return x
 
     def extra_repr(self) -> str:

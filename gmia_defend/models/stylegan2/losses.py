@@ -36,15 +36,15 @@ def r1_penalty_per_sample(discriminator: Callable[[torch.Tensor], torch.Tensor],
     return grad.float().square().sum(dim=(1, 2, 3)), logits
 
 
-def path_length_penalty(images: torch.Tensor, ws: torch.Tensor,
-                        pl_mean: torch.Tensor, decay: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+def path_length_penalty(images: torch.Tensor, ws: torch.Tensor, pl_mean: torch.Tensor, decay: float = 0.01,
+                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Path-length regularisation (StyleGAN2 sec. 3.2): keep |J_w^T y| close to its running mean.
 
     ``ws`` must be the tensor the images were synthesised from (requires grad). Returns
     ``(penalty scalar, new pl_mean)``; the caller stores the new mean.
     """
     h, w = images.shape[2], images.shape[3]
-    noise = torch.randn_like(images) / math.sqrt(h * w)
+    noise = torch.randn(images.shape, device=images.device, dtype=images.dtype, generator=generator) / math.sqrt(h * w)
     (grad,) = torch.autograd.grad((images * noise).sum(), ws, create_graph=True)
     lengths = grad.float().square().sum(dim=2).mean(dim=1).sqrt()
     new_mean = pl_mean.lerp(lengths.mean().detach().to(pl_mean.dtype), decay)

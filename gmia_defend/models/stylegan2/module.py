@@ -1,22 +1,34 @@
-"""StyleGAN2 as a LightningModule (manual optimization): one D step and one G step per batch.
+"""StyleGAN2 as a LightningModule (manual optimization): one D step per batch, one G step every
+``d_steps_per_g_step`` batches.
 
-Per batch (so ``trainer.global_step`` grows by 2 per batch, NOTES.md; schedule by images instead):
+Per batch (``trainer.global_step`` counts optimizer steps: 2 per batch with the default of one D step
+per G step; schedule by images instead):
   D step: non-saturating logistic loss on real vs generated images; every ``r1_interval`` batches the
           R1 penalty is added, scaled by the interval (lazy regularisation, folded into the same step).
           Replaced by ``self.private_d.step(...)`` when a DP wrapper is attached.
-  G step: non-saturating loss with style mixing; every ``pl_interval`` batches the (optional)
+  G step: non-saturating loss with style mixing; every ``pl_interval`` G steps the (optional)
           path-length penalty, scaled by the interval.
   Then: ``images_seen`` += batch (all ranks), G_ema <- EMA of G (half-life ``ema_kimg``, rampup),
         ``progress/kimg`` and losses are logged, and every ``sample_every_n_batches`` a grid of
         G_ema samples from fixed latents is written to ``<run>/samples/``.
+
+Randomness: every random draw of a step (latents, style-mixing crossover, per-pixel noise,
+augmentation, path-length probes) comes from its own ``torch.Generator`` seeded from
+``(rng_seed, batch counter, stream, rank)``, never from the global RNG. The batch counter is saved in
+the checkpoint, so a run resumed from a checkpoint continues with exactly the draws of the
+uninterrupted run; and the D step and the G step use separate streams, so under DP the G step's
+draws do not depend on the realised (private) size of the real batch.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import zlib
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 import pytorch_lightning as pl
 import torch
@@ -55,8 +67,36 @@ def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int) -> Path:
     return atomic_write(path, lambda p: image.save(p, format="PNG"))
 
 
+def _accepts(fn: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from integers and stream names (stable across processes and Python versions)."""
+    words = [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) & 0xFFFFFFFFFFFFFFFF for p in parts]
+    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
 class StyleGAN2(pl.LightningModule):
     """Unconditional StyleGAN2 (config-F style: skip G, residual D) for 8..1024 px images.
+
+    >>> model = StyleGAN2(resolution=8, z_dim=8, w_dim=8, mapping_layers=1, channel_base=64,
+    ...                   channel_max=8, sample_grid=2, rng_seed=0)
+    >>> model.generate(4, seed=1).shape
+    torch.Size([4, 3, 8, 8])
+    >>> round(model.kimg, 3)
+    0.0
+
+    Pretrained weights: ``StyleGAN2(..., init_from="pretrain/checkpoints/last.ckpt")`` starts G, D
+    and G_ema from a checkpoint (or G and G_ema from a release file), e.g. a model pretrained
+    without privacy on public identities before a private fine-tuning.
 
     Args:
         resolution: image size (power of two); must match the data.
@@ -80,6 +120,14 @@ class StyleGAN2(pl.LightningModule):
         sample_every_n_batches: write a G_ema sample grid every N training batches (0: only at the end).
         sample_grid, sample_seed, sample_truncation_psi: grid size (sample_grid^2 images), latent seed
             and truncation used for the grids.
+        rng_seed: seed of the per-step random streams (None: drawn once from the global RNG, so
+            ``seed_everything`` fixes it; it is stored in checkpoints either way).
+        d_steps_per_g_step: discriminator steps (one batch each) per generator step; more than one
+            helps DP training (each D step is one private, accounted step; the G step reads no
+            real data). ``trainer.global_step`` then grows by ``1 + 1/d_steps_per_g_step`` per batch.
+        init_from: a Lightning checkpoint of this model (G, D and G_ema are loaded) or a release
+            file (G and G_ema from its generator weights; D keeps its initialisation). The
+            architecture must match; mismatching keys are refused by name.
     """
 
     def __init__(
@@ -113,15 +161,20 @@ class StyleGAN2(pl.LightningModule):
         sample_grid: int = 8,
         sample_seed: int = 0,
         sample_truncation_psi: float = 1.0,
+        rng_seed: int | None = None,
+        d_steps_per_g_step: int = 1,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        if r1_interval < 1 or pl_interval < 1:
-            from gmia_defend.errors import UserError
+        from gmia_defend.errors import UserError
 
+        if r1_interval < 1 or pl_interval < 1:
             raise UserError("model.r1_interval and model.pl_interval must be >= 1 (use r1_gamma=0 / "
                             "pl_weight=0 to switch the regularisers off)")
+        if int(d_steps_per_g_step) < 1:
+            raise UserError(f"model.d_steps_per_g_step must be >= 1, got {d_steps_per_g_step}")
         self.G = Generator(z_dim, w_dim, resolution, mapping_layers, mapping_lr_mul, channel_base,
                            channel_max, channels, torgb_init=torgb_init)
         self.D = Discriminator(resolution, channel_base, channel_max, channels,
@@ -136,6 +189,12 @@ class StyleGAN2(pl.LightningModule):
                                                      generator=torch.Generator().manual_seed(sample_seed)))
         # Set by gmia_defend.mitigations.make_discriminator_private: replaces the D update.
         self.private_d: Any = None
+        # drawn after every weight, so the initial weights are those of a model without this line
+        self.rng_seed = int(rng_seed) if rng_seed is not None else int(torch.randint(0, 2**62, ()).item())
+        if init_from:
+            from gmia_defend.models.stylegan2.pretrained import load_pretrained
+
+            load_pretrained(self, init_from)
 
     # ------------------------------------------------------------------ public helpers
 
@@ -148,6 +207,20 @@ class StyleGAN2(pl.LightningModule):
     def z_dim(self) -> int:
         return self.G.z_dim
 
+    @property
+    def d_steps(self) -> int:
+        """Discriminator steps taken so far (one per batch): under DP, each is one accounted step."""
+        return int(self.batches_seen.item())
+
+    def random_stream(self, name: str, batch_no: int | None = None) -> torch.Generator:
+        """The generator of stream ``name`` at batch ``batch_no`` (default: the current batch), on this
+        module's device: seeded from (seed, batch, name, rank), independent of every other stream."""
+        batch_no = self.d_steps if batch_no is None else int(batch_no)
+        rank = self.global_rank if self._trainer is not None else 0
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(derive_seed(self.rng_seed, batch_no, name, rank))
+        return gen
+
     @torch.no_grad()
     def generate(self, n: int, seed: int = 0, truncation_psi: float = 1.0, batch_size: int = 256,
                  generator: str = "G_ema") -> torch.Tensor:
@@ -159,14 +232,14 @@ class StyleGAN2(pl.LightningModule):
         return torch.cat(out).clamp(-1, 1)
 
     def d_loss_per_sample(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                          augment: bool = True) -> torch.Tensor:
+                          augment: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
         """Logistic D loss per (real_i, fake_i) pair, shape [N]; no cross-sample ops when D has none.
 
-        ``augment=True`` applies this model's (per-sample, random) augmentation first; under
-        ``torch.func.vmap`` pass ``augment=False`` or use ``randomness="different"``.
+        ``augment=True`` applies this model's (per-sample, random) augmentation first, drawn from
+        ``generator``; under ``torch.func.vmap`` pass ``augment=False`` or use ``randomness="different"``.
         """
         if augment:
-            real, fake = self.augment(real), self.augment(fake)
+            real, fake = self.augment(real, generator), self.augment(fake, generator)
         return d_logistic_loss_per_sample(D(real), D(fake))
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -192,13 +265,19 @@ class StyleGAN2(pl.LightningModule):
         if batch_no == 0 and self._is_global_zero() and not private and n > 0:
             self._save_grid(real[: self.hparams.sample_grid ** 2], "reals.png")
 
+        # D step: its own streams (their use depends on the real batch size, private under DP)
         with torch.no_grad():
-            fake, _ = self._run_generator(max(n, 1))
+            fake, _ = self._run_generator(max(n, 1), gen=self.random_stream("d_fakes", batch_no))
+        d_aug = self.random_stream("d_augment", batch_no)
         if private:
-            d_logs = self.private_d.step(self, real, labels, fake)
+            extra = {"generator": d_aug} if _accepts(self.private_d.step, "generator") else {}
+            d_logs = self.private_d.step(self, real, labels, fake, **extra)
         else:
-            d_logs = self.discriminator_step(real, fake, batch_no)
-        g_logs = self.generator_step(n_g, batch_no)
+            d_logs = self.discriminator_step(real, fake, batch_no, generator=d_aug)
+        k = int(self.hparams.get("d_steps_per_g_step", 1) or 1)
+        g_logs: dict[str, Any] = {}
+        if (batch_no + 1) % k == 0:  # G step: streams keyed by the batch only, whatever n was
+            g_logs = self.generator_step(n_g, batch_no // k, batch_no=batch_no)
 
         seen = n_g if private else n * world
         self.images_seen += seen
@@ -221,16 +300,18 @@ class StyleGAN2(pl.LightningModule):
 
     # ------------------------------------------------------------------ the two updates
 
-    def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor, batch_no: int) -> dict[str, float]:
-        """Logistic loss (+ lazy R1 every ``r1_interval`` batches, scaled by it); one Adam step on D."""
+    def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor, batch_no: int,
+                           generator: torch.Generator | None = None) -> dict[str, float]:
+        """Logistic loss (+ lazy R1 every ``r1_interval`` batches, scaled by it); one Adam step on D.
+        ``generator`` draws the augmentation (None: the global RNG)."""
         hp = self.hparams
         opt_d = self.optimizers()[1]
         do_r1 = hp.r1_gamma > 0 and batch_no % hp.r1_interval == 0
-        fake_logits = self.D(self.augment(fake.detach()))
+        fake_logits = self.D(self.augment(fake.detach(), generator))
         if do_r1:
-            penalty, real_logits = r1_penalty_per_sample(lambda x: self.D(self.augment(x)), real)
+            penalty, real_logits = r1_penalty_per_sample(lambda x: self.D(self.augment(x, generator)), real)
         else:
-            real_logits = self.D(self.augment(real))
+            real_logits = self.D(self.augment(real, generator))
         loss = d_logistic_loss_per_sample(real_logits, fake_logits).mean()
         total = loss
         logs = {"loss/d": loss.detach(), "D/real_logit": real_logits.detach().mean(),
@@ -245,22 +326,26 @@ class StyleGAN2(pl.LightningModule):
         opt_d.zero_grad(set_to_none=True)
         return logs
 
-    def generator_step(self, n: int, batch_no: int) -> dict[str, float]:
-        """Non-saturating loss (+ lazy path-length penalty); one Adam step on G; D is frozen."""
+    def generator_step(self, n: int, g_step: int, batch_no: int | None = None) -> dict[str, float]:
+        """Non-saturating loss (+ lazy path-length penalty every ``pl_interval`` G steps); one Adam
+        step on G; D is frozen. Random draws come from the G streams of batch ``batch_no`` (default
+        ``g_step``), which depend on nothing but the seed and that number."""
         hp = self.hparams
+        batch_no = g_step if batch_no is None else batch_no
         opt_g = self.optimizers()[0]
         self.D.requires_grad_(False)
         try:
             opt_g.zero_grad(set_to_none=True)
-            fake, ws = self._run_generator(n, update_w_avg=True)
-            loss = g_nonsaturating_loss(self.D(self.augment(fake)))
+            fake, ws = self._run_generator(n, update_w_avg=True, gen=self.random_stream("g_fakes", batch_no))
+            loss = g_nonsaturating_loss(self.D(self.augment(fake, self.random_stream("g_augment", batch_no))))
             self.manual_backward(loss)
             logs = {"loss/g": loss.detach()}
-            if hp.pl_weight > 0 and batch_no % hp.pl_interval == 0:
+            if hp.pl_weight > 0 and g_step % hp.pl_interval == 0:
                 n_pl = max(1, n // hp.pl_batch_shrink)
-                ws_pl = self._mixed_ws(n_pl).detach().requires_grad_(True)
-                images = self.G.synthesis(ws_pl)
-                penalty, new_mean = path_length_penalty(images, ws_pl, self.pl_mean, hp.pl_decay)
+                gen = self.random_stream("g_path_length", batch_no)
+                ws_pl = self._mixed_ws(n_pl, gen=gen).detach().requires_grad_(True)
+                images = self.G.synthesis(ws_pl, generator=gen)
+                penalty, new_mean = path_length_penalty(images, ws_pl, self.pl_mean, hp.pl_decay, generator=gen)
                 self.pl_mean.copy_(new_mean.detach())
                 self.manual_backward(penalty * hp.pl_weight * hp.pl_interval)
                 logs["loss/pl_penalty"] = penalty.detach()
@@ -278,22 +363,24 @@ class StyleGAN2(pl.LightningModule):
             return batch[0], (batch[1] if len(batch) > 1 else None)
         return batch, None
 
-    def _mixed_ws(self, n: int, update_w_avg: bool = False) -> torch.Tensor:
-        """ws for n random latents with style mixing: after a random crossover, a second latent."""
-        z = torch.randn(n, self.G.z_dim, device=self.device)
+    def _mixed_ws(self, n: int, update_w_avg: bool = False, gen: torch.Generator | None = None) -> torch.Tensor:
+        """ws for n random latents with style mixing: after a random crossover, a second latent.
+        Draws come from ``gen`` (None: the global RNG)."""
+        z = torch.randn(n, self.G.z_dim, device=self.device, generator=gen)
         ws = self.G.map(z)
         if update_w_avg:
             self.G.mapping.update_w_avg(ws[:, 0])
         p = self.hparams.style_mixing_prob
-        if p > 0 and float(torch.rand(())) < p:
-            cutoff = int(torch.randint(1, self.G.num_ws, ()))
-            ws2 = self.G.map(torch.randn(n, self.G.z_dim, device=self.device))
+        if p > 0 and float(torch.rand((), device=self.device, generator=gen)) < p:
+            cutoff = int(torch.randint(1, self.G.num_ws, (), device=self.device, generator=gen))
+            ws2 = self.G.map(torch.randn(n, self.G.z_dim, device=self.device, generator=gen))
             ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
         return ws
 
-    def _run_generator(self, n: int, update_w_avg: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        ws = self._mixed_ws(n, update_w_avg)
-        return self.G.synthesis(ws, noise_mode="random"), ws
+    def _run_generator(self, n: int, update_w_avg: bool = False,
+                       gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        ws = self._mixed_ws(n, update_w_avg, gen)
+        return self.G.synthesis(ws, noise_mode="random", generator=gen), ws
 
     @torch.no_grad()
     def _update_ema(self, batch_images: int) -> None:
@@ -306,6 +393,14 @@ class StyleGAN2(pl.LightningModule):
             p_ema.copy_(p.detach().lerp(p_ema, beta))
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
             b_ema.copy_(b)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the seed of the per-step streams (the batch counter is a buffer in the state dict)
+        checkpoint["stylegan2_rng_seed"] = self.rng_seed
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "stylegan2_rng_seed" in checkpoint:
+            self.rng_seed = int(checkpoint["stylegan2_rng_seed"])
 
     def _is_global_zero(self) -> bool:
         return self._trainer is None or self.trainer.is_global_zero

@@ -136,10 +136,12 @@ class SynthesisLayer(nn.Module):
         self.resolution = resolution
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random",
+                generator: torch.Generator | None = None) -> torch.Tensor:
         x = self.conv(x, w)
         if noise_mode == "random":
-            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype,
+                                generator=generator)
             x = x + noise * self.noise_strength.to(x.dtype)
         elif noise_mode == "const":
             x = x + (self.noise_const * self.noise_strength).to(x.dtype)
@@ -186,15 +188,15 @@ class SynthesisBlock(nn.Module):
         self.num_conv = 1 if self.is_first else 2
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
-                noise_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+                noise_mode: str, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``ws``: [N, num_conv + 1, w_dim]: one w per conv and one for toRGB."""
         i = 0
         if self.is_first:
             x = self.const.to(ws.dtype).unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
         else:
-            x = self.conv0(x, ws[:, i], noise_mode)
+            x = self.conv0(x, ws[:, i], noise_mode, generator)
             i += 1
-        x = self.conv1(x, ws[:, i], noise_mode)
+        x = self.conv1(x, ws[:, i], noise_mode, generator)
         i += 1
         y = self.torgb(x, ws[:, i])
         img = y if img is None else upsample2x(img).to(y.dtype) + y
@@ -220,11 +222,13 @@ class SynthesisNetwork(nn.Module):
         # Consecutive blocks share one w: a block's toRGB and the next block's first conv.
         self.num_ws = sum(b.num_conv for b in self.blocks) + 1
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random",
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """``generator``: draws the random per-pixel noise (None: the global RNG)."""
         x = img = None
         start = 0
         for block in self.blocks:
-            x, img = block(x, img, ws[:, start:start + block.num_conv + 1], noise_mode)
+            x, img = block(x, img, ws[:, start:start + block.num_conv + 1], noise_mode, generator)
             start += block.num_conv
         return img
 
