@@ -146,3 +146,29 @@ def test_relative_score_standardises_by_the_population():
     assert res.metrics["leakage/auc"] > 0.9 and all(r["score"] == r["relative"] for r in res.identities)
     with pytest.raises(UserError, match="population"):
         IdentityMembershipAttack(ToyEmbedder(), make_toy_audit(), score="relative", progress=False)
+
+
+def test_torchmetrics_reduction_equals_one_process():
+    """Two simulated ranks reduced through torchmetrics' sync give the single-process statistics."""
+    from gmia_defend.attack.scores import metric_reduce
+
+    g = torch.Generator().manual_seed(1)
+    sims = torch.rand(120, 5, generator=g) * 2 - 1
+    whole = StreamingIdentityStats(5, 3, 0.4, num_blocks=4, num_samples=120)
+    whole.update(sims, torch.arange(120))
+    ranks = [StreamingIdentityStats(5, 3, 0.4, num_blocks=4, num_samples=120) for _ in range(2)]
+    ranks[0].update(sims[:50], torch.arange(50))
+    ranks[1].update(sims[50:], torch.arange(50, 120))
+    prefix = lambda st: {f"0.{k}": v for k, v in st.state_dict().items()}  # noqa: E731  (as the engine does)
+    other = list(prefix(ranks[1]).values())
+    queue = iter(other)
+
+    def fake_gather(tensor, group=None):  # what torch.distributed would return on rank 0: [rank0, rank1]
+        return [tensor, next(queue)]
+
+    merged = metric_reduce(dist_sync_fn=fake_gather, distributed_available=lambda: True)(prefix(ranks[0]))
+    for key, value in whole.state_dict().items():
+        assert torch.allclose(merged[f"0.{key}"].double(), value.double()), key
+    # without a process group the state passes through unchanged
+    alone = metric_reduce()(prefix(ranks[0]))
+    assert all(torch.equal(alone[k], v) for k, v in prefix(ranks[0]).items())

@@ -26,7 +26,7 @@ from gmia_defend.attack.generators import GeneratorAdapter, LatentSampler, check
 from gmia_defend.attack.metrics import membership_metrics
 from gmia_defend.attack.result import AttackResult, EmbedderReport
 from gmia_defend.attack.scores import (SCORE_NAMES, IdentitySimilarity, StreamingIdentityStats,
-                                       calibrated_scores, match_counts, relative_scores,
+                                       calibrated_scores, match_counts, metric_reduce, relative_scores,
                                        threshold_from_impostors)
 from gmia_defend.errors import DataError, UserError
 
@@ -213,7 +213,10 @@ class IdentityMembershipAttack:
         if not 0 <= rank < world:
             raise UserError(f"shard={shard!r} must be (rank, world_size) with 0 <= rank < world_size")
         if world > 1 and reduce is None:
-            raise UserError("a sharded attack (world_size > 1) needs reduce= to merge the shards' statistics")
+            if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+                raise UserError("a sharded attack (world_size > 1) needs reduce= to merge the shards' statistics "
+                                "(or an initialised torch.distributed process group)")
+            reduce = metric_reduce()  # torchmetrics' sync over the default process group
         adapter = GeneratorAdapter(generator, self.z_dim)
         device = self._resolve_device(adapter)
         embed_modules = [e for e in self.embedders if isinstance(e, nn.Module)]

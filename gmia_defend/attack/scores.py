@@ -36,11 +36,12 @@ add, maxima take the max, top-K lists are merged and re-cut.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+from torchmetrics import Metric as _Metric
 
 __all__ = [
     "IdentitySimilarity",
@@ -51,6 +52,8 @@ __all__ = [
     "threshold_from_impostors",
     "merge_state_dicts",
     "all_gather_reduce",
+    "IdentityStatsMetric",
+    "metric_reduce",
     "SCORE_NAMES",
 ]
 
@@ -314,5 +317,92 @@ def all_gather_reduce(all_gather: Callable[[Tensor], Tensor], world_size: int) -
         gathered = {k: all_gather(v) for k, v in state.items()}
         shards = [{k: v[r] for k, v in gathered.items()} for r in range(world_size)]
         return merge_state_dicts(shards)
+
+    return reduce
+
+
+def _safe(key: str) -> str:
+    return "s_" + key.replace(".", "__").replace("/", "___")
+
+
+def _topk_over_ranks(stacked: Tensor) -> Tensor:
+    """[world, ..., keep] -> [..., keep]: the top-k values over all ranks (block top-k has no indices)."""
+    keep = stacked.shape[-1]
+    return torch.cat(list(stacked.unbind(0)), dim=-1).topk(keep, dim=-1).values
+
+
+class IdentityStatsMetric(_Metric):
+    """The attack's streaming statistics as torchmetrics states, so processes reduce them with
+    torchmetrics' own synchronisation (``Metric.sync``).
+
+    Sums (``count``, ``sum_sim``, ``matches`` and their per-block versions) reduce with
+    ``dist_reduce_fx="sum"``, maxima with ``"max"``, the per-block top-k similarities with a
+    callable that re-cuts the top-k over ranks. The global top-k lists do **not** fit a per-state
+    reduction: each similarity travels with the latent index that produced it (the evidence
+    images are regenerated from those indices), and torchmetrics reduces every state on its own.
+    They are gathered unreduced (``dist_reduce_fx=None``) and merged jointly afterwards.
+
+    >>> stats = StreamingIdentityStats(2, keep=2, threshold=0.5)
+    >>> stats.update(torch.tensor([[0.9, 0.1]]), torch.tensor([0]))
+    >>> metric = IdentityStatsMetric(stats.state_dict())
+    >>> metric.update(stats.state_dict())
+    >>> metric.merged()["matches"].tolist()
+    [1, 0]
+    """
+
+    full_state_update = False
+
+    def __init__(self, state: Mapping[str, Tensor]) -> None:
+        super().__init__()
+        self._keys = list(state)
+        for key, value in state.items():
+            field = _field(key)
+            if field in _SUM_FIELDS:
+                fx: Any = "sum"
+            elif field in _MAX_FIELDS:
+                fx = "max"
+            elif field == "block_topk_sim":
+                fx = _topk_over_ranks
+            elif field in _TOPK_FIELDS:
+                fx = None  # joint (similarity, index) merge after the gather, see class doc
+            else:
+                raise KeyError(f"unknown statistics field {key!r}")
+            self.add_state(_safe(key), default=value.detach().clone(), dist_reduce_fx=fx)
+
+    def update(self, state: Mapping[str, Tensor]) -> None:  # type: ignore[override]
+        for key in self._keys:
+            setattr(self, _safe(key), state[key].detach().clone())
+
+    def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
+        return self.merged()
+
+    def merged(self) -> dict[str, Tensor]:
+        """The statistics (after ``sync``: of all ranks), top-k lists merged jointly."""
+        out = {key: getattr(self, _safe(key)) for key in self._keys}
+        for key in self._keys:
+            if _field(key) != "topk_idx" or out[key].ndim != 3:
+                continue  # not gathered: a single process
+            sim_key = key[: len(key) - len("topk_idx")] + "topk_sim"
+            sims, idxs = out[sim_key], out[key]
+            shards = [{sim_key: sims[r], key: idxs[r]} for r in range(sims.shape[0])]
+            merged = merge_state_dicts(shards)
+            out[sim_key], out[key] = merged[sim_key], merged[key]
+        return out
+
+
+def metric_reduce(process_group: Any = None, dist_sync_fn: Callable | None = None,
+                  distributed_available: Callable[[], bool] | None = None) -> Callable[[dict], dict]:
+    """The attack's ``reduce`` hook through torchmetrics (``IdentityStatsMetric``): every rank ends with
+    the merged statistics of all ranks. Without an initialised process group it returns the state as is.
+    """
+
+    def reduce(state: dict[str, Tensor]) -> dict[str, Tensor]:
+        metric = IdentityStatsMetric(state)
+        metric.update(state)
+        metric.sync(dist_sync_fn=dist_sync_fn, process_group=process_group, should_sync=True,
+                    distributed_available=distributed_available)
+        if not metric._is_synced:
+            return dict(state)
+        return metric.merged()
 
     return reduce
