@@ -139,8 +139,9 @@ def test_release_file_is_recognised(tmp_path):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = StyleGAN2(resolution=16, z_dim=8, w_dim=8, mapping_layers=1, channel_base=64, channel_max=8)
-    path = save_release(model, tmp_path / "release.pt")
-    g = load_generator(str(path))
     z = torch.randn(2, 8)
-    with torch.no_grad():
-        assert torch.allclose(GeneratorAdapter(g)(z), GeneratorAdapter(model.G_ema.eval())(z))
+    for name in ("release.ckpt", "release.pt"):
+        path = save_release(tmp_path / name, model, generator_attr="G_ema")
+        g = load_generator(str(path))
+        with torch.no_grad():
+            assert torch.allclose(GeneratorAdapter(g)(z), GeneratorAdapter(model.G_ema.eval())(z))

@@ -127,7 +127,7 @@ def num_classes(generator: Any) -> int:
 def _file_kind(path: Path) -> str:
     """'ckpt', 'pickle', 'torchscript', 'torch' (a torch.save zip) or 'unknown', from suffix and bytes."""
     if path.suffix in _CHECKPOINT_SUFFIXES:
-        return "ckpt"
+        return "torch" if _is_release_zip(path) else "ckpt"
     if path.suffix in _PICKLE_SUFFIXES:
         return "pickle"
     if zipfile.is_zipfile(path):
@@ -142,6 +142,19 @@ def _file_kind(path: Path) -> str:
     with open(path, "rb") as fh:
         head = fh.read(2)
     return "pickle" if head[:1] == b"\x80" else "unknown"
+
+
+def _is_release_zip(path: Path) -> bool:
+    """A release file (any suffix): a torch.save zip whose pickled dict names the release format."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            name = next((n for n in zf.namelist() if n.endswith("/data.pkl")), None)
+            info = zf.getinfo(name) if name else None
+            if info is None or info.file_size > 1_000_000:
+                return False
+            return RELEASE_FORMAT.encode() in zf.read(name)
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return False
 
 
 def _missing_module_message(path: Path, name: str) -> str:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from gmia_defend.errors import UserError
 
-_SCORES = ("topk_mean", "max_sim", "match_rate", "calibrated", "mean_sim")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0, help="seed of the fixed latents and the bootstrap")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    parser.add_argument("--score", default="topk_mean", choices=_SCORES, help="per-identity membership score")
+    parser.add_argument("--score", default="topk_mean", help="per-identity membership score (as in gmia-defend attack)")
     parser.add_argument("--z-dim", type=int, default=None, help="latent size if the generator has no z_dim")
     parser.add_argument("--input-range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LO", "HI"),
                         help="range of the generator's output pixels (default -1 1)")
