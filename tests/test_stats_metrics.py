@@ -172,3 +172,12 @@ def test_torchmetrics_reduction_equals_one_process():
     # without a process group the state passes through unchanged
     alone = metric_reduce()(prefix(ranks[0]))
     assert all(torch.equal(alone[k], v) for k, v in prefix(ranks[0]).items())
+
+
+def test_clopper_pearson_matches_scipy_beta_quantiles():
+    beta = pytest.importorskip("scipy.stats").beta
+    for n, a in ((32, 0.05 / 300), (128, 0.025), (7, 0.2)):
+        k = np.arange(n + 1)
+        lo, hi = M.clopper_pearson(k, n, a)
+        np.testing.assert_allclose(lo, np.where(k > 0, beta.ppf(a, k, n - k + 1), 0.0), atol=1e-9)
+        np.testing.assert_allclose(hi, np.where(k < n, beta.ppf(1 - a, k + 1, n - k), 1.0), atol=1e-9)

@@ -254,14 +254,42 @@ def mann_whitney_null(scores: Any, labels: Any, level: float = 0.95) -> tuple[fl
     return float(p), 0.5 - q * sd_u / pq, 0.5 + q * sd_u / pq
 
 
-def clopper_pearson(k: np.ndarray, n: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """One-sided Clopper-Pearson bounds of a binomial rate: ``(lower, upper)``, each at level 1-alpha."""
-    from scipy.stats import beta
+def _binom_cdf(k: np.ndarray, n: int, p: np.ndarray) -> np.ndarray:
+    """P(X <= k) for X ~ Binomial(n, p), elementwise over k and p (log-space sums, float64)."""
+    i = np.arange(n + 1, dtype=np.float64)
+    log_fact = np.r_[0.0, np.cumsum(np.log(np.arange(1, n + 1, dtype=np.float64)))]
+    log_comb = log_fact[n] - log_fact - log_fact[::-1]
+    p = np.clip(p, 1e-300, 1 - 1e-16)[:, None]
+    log_pmf = log_comb[None, :] + i[None, :] * np.log(p) + (n - i)[None, :] * np.log1p(-p)
+    mask = i[None, :] <= k[:, None]
+    return np.where(mask, np.exp(log_pmf), 0.0).sum(axis=1)
 
-    k = np.asarray(k, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        lower = np.where(k > 0, beta.ppf(alpha, k, n - k + 1), 0.0)
-        upper = np.where(k < n, beta.ppf(1.0 - alpha, k + 1, n - k), 1.0)
+
+def clopper_pearson(k: np.ndarray, n: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided Clopper-Pearson bounds of a binomial rate: ``(lower, upper)``, each at level 1-alpha.
+
+    ``upper`` solves ``P(X <= k; n, p) = alpha``, ``lower`` solves ``P(X >= k; n, p) = alpha`` (the
+    beta-quantile form, found by bisection to 1e-12 so no scipy is needed).
+
+    >>> lo, hi = clopper_pearson(np.array([0, 5]), 10, 0.025)
+    >>> [round(float(v), 4) for v in (lo[0], hi[0], lo[1], hi[1])]
+    [0.0, 0.3085, 0.1871, 0.8129]
+    """
+    k = np.asarray(k, dtype=np.float64).reshape(-1)
+    n = int(n)
+
+    def solve(target_fn) -> np.ndarray:
+        lo, hi = np.zeros_like(k), np.ones_like(k)
+        for _ in range(45):  # 2^-45 < 3e-14
+            mid = (lo + hi) / 2.0
+            below = target_fn(mid)  # True where the root is above mid
+            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+        return (lo + hi) / 2.0
+
+    # upper: CDF(k; p) decreases in p; root where CDF = alpha
+    upper = np.where(k >= n, 1.0, solve(lambda p: _binom_cdf(k, n, p) > alpha))
+    # lower: P(X >= k; p) = 1 - CDF(k - 1; p) increases in p; root where it equals alpha
+    lower = np.where(k <= 0, 0.0, solve(lambda p: 1.0 - _binom_cdf(k - 1, n, p) < alpha))
     return lower, upper
 
 
