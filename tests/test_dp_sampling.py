@@ -95,3 +95,31 @@ def test_bad_sampler_arguments() -> None:
         identity_units([])
     with pytest.raises(UserError):
         identity_sample_rate(_TARGETS, 1000, 2)
+
+
+def test_ranks_keep_slices_of_one_global_poisson_draw() -> None:
+    """Two simulated ranks with the same seed: their batches together are exactly the single-process
+    Poisson draw, and a unit's inclusion on one rank is independent of another unit's on the other."""
+    steps = 3000
+    whole = image_poisson_sampler(2, 0.5, seed=11, steps_per_epoch=steps)
+    r0 = image_poisson_sampler(2, 0.5, seed=11, rank=0, world_size=2, steps_per_epoch=steps)
+    r1 = image_poisson_sampler(2, 0.5, seed=11, rank=1, world_size=2, steps_per_epoch=steps)
+    a, b = np.zeros(steps), np.zeros(steps)
+    for s, (x, y, both) in enumerate(zip(r0, r1, whole)):
+        assert set(x) <= {0} and set(y) <= {1}
+        assert sorted(x + y) == sorted(both)  # the union is the one global draw
+        a[s], b[s] = len(x), len(y)
+    assert abs(a.mean() - 0.5) < 0.05 and abs(b.mean() - 0.5) < 0.05
+    # independent inclusion: P(both) ~ P(a) P(b); perfectly correlated draws would give corr 1
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.08
+    assert abs((a * b).mean() - a.mean() * b.mean()) < 0.03
+
+
+def test_ranks_stay_in_step_with_per_identity_subsets() -> None:
+    """Per-unit image subsets draw from their own seeds, so ranks consume nothing from a shared
+    stream and later steps still match the single-process draw."""
+    kw = dict(max_images_per_identity=2, seed=4, steps_per_epoch=50)
+    whole = list(identity_poisson_sampler(_TARGETS, 0.4, **kw))
+    parts = [list(identity_poisson_sampler(_TARGETS, 0.4, rank=r, world_size=3, **kw)) for r in range(3)]
+    for s in range(50):
+        assert sorted(i for p in parts for i in p[s]) == sorted(whole[s])

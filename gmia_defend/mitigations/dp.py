@@ -13,6 +13,15 @@ With ``unit="identity"`` the unit is a person: identities are Poisson-sampled, e
 What the guarantee covers: the D parameters (hence G and G_ema). It does not cover anything else
 computed from real training images and released (logged D(real) statistics, batch sizes, image grids
 of real data, FID against training images): keep those off or count them as leaks.
+
+Randomness: the Gaussian noise comes from a generator of this object seeded from the OS (or from an
+explicit ``seed``); its state is never saved. A resumed run reseeds it from OS entropy, so no
+checkpoint lets anyone recompute the noise, and no noise is ever replayed. The Poisson sampling
+draws from a seed shared by all ranks (rank 0's); the realised batch sizes are never logged or
+checkpointed (the module counts images at the expected batch size).
+Sampling that is not Poisson (shuffled fixed-size batches) is refused: the accountant's epsilon would
+not bound it. ``allow_shuffled_sampling=True`` runs it anyway and marks the epsilon as not a valid
+bound (``summary()["epsilon_valid"] is False`` with the reason).
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ from gmia_defend.mitigations.per_sample import LossFn, PerUnitGradients, unit_la
 
 UNITS = ("image", "identity")
 DEFAULT_IMAGES_PER_IDENTITY = 4
+SHUFFLED_NOTE = ("shuffled fixed-size batches, not Poisson sampling: the accountant assumes Poisson "
+                 "subsampling, so this epsilon is not a valid bound")
 
 
 class PrivateDiscriminator:
@@ -76,6 +87,7 @@ class PrivateDiscriminator:
         self.r1_interval = int(r1_interval)
         self.optimizer = optimizer
         self.chunk_size = chunk_size
+        self.explicit_seed = seed is not None
         self.seed = int(secrets.randbits(63) if seed is None else seed)
         self.loss_fn = loss_fn
         self.augment = bool(augment)
@@ -84,7 +96,8 @@ class PrivateDiscriminator:
         self.steps = 0
         self.sampler: UnitBatchSampler | None = None
         self._noise: torch.Generator | None = None
-        self._noise_state: torch.Tensor | None = None
+        self._noise_seed = (int(np.random.SeedSequence([self.seed, 2]).generate_state(1)[0]) if self.explicit_seed
+                            else secrets.randbits(63))
         self._budget_end: int | None = None
         self._eps_cache: tuple[int, float] | None = None
 
@@ -135,23 +148,34 @@ class PrivateDiscriminator:
         """True when one more step would take epsilon above target_epsilon."""
         return self.budget_steps is not None and self.steps >= self.budget_steps
 
+    @property
+    def epsilon_valid(self) -> bool:
+        """False when the sampling is not what the accountant assumes (shuffled batches)."""
+        return self.poisson_sampling
+
     def summary(self) -> dict[str, Any]:
         """What release.json records: the guarantee and how it was obtained."""
         return {"epsilon": self.epsilon, "delta": self.delta, "unit": self.unit, "steps": self.steps,
                 "noise_multiplier": self.noise_multiplier, "accountant": self.accountant_name,
                 "sample_rate": self.sample_rate, "max_grad_norm": self.max_grad_norm,
                 "num_units": self.num_units, "target_epsilon": self.target_epsilon,
-                "max_images_per_identity": self.max_images_per_identity if self.unit == "identity" else None,
-                "poisson_sampling": self.poisson_sampling}
+                "max_images_per_identity": self.max_images_per_identity,
+                "poisson_sampling": self.poisson_sampling, "epsilon_valid": self.epsilon_valid,
+                "epsilon_note": None if self.epsilon_valid else SHUFFLED_NOTE}
 
     # ------------------------------------------------------------------ data
 
     def batch_sampler(self, rank: int | None = None, world_size: int | None = None) -> UnitBatchSampler:
         """The batch sampler the accounting assumes (Poisson over images or identities, rate q)."""
+        dist = torch.distributed
+        ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         if rank is None or world_size is None:
-            dist = torch.distributed
-            ddp = dist.is_available() and dist.is_initialized()
             rank, world_size = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+        if ddp and not self.explicit_seed:
+            # one global draw: every rank samples with rank 0's (secret) seed and keeps its slice
+            shared = torch.tensor([self.seed], dtype=torch.int64)
+            dist.broadcast(shared, src=0)
+            self.seed = int(shared.item())
         if self.targets is not None:
             units = (identity_units(self.targets) if self.unit == "identity"
                      else [[i] for i in range(len(self.targets))])
@@ -208,10 +232,8 @@ class PrivateDiscriminator:
     def _generator(self, device: torch.device) -> torch.Generator:
         if self._noise is None or self._noise.device != device:
             self._noise = torch.Generator(device=device)
-            self._noise.manual_seed(int(np.random.SeedSequence([self.seed, 2]).generate_state(1)[0]))
-            if self._noise_state is not None:
-                self._noise.set_state(self._noise_state)
-                self._noise_state = None
+            self._noise.manual_seed(self._noise_seed)
+            self._noise_seed = secrets.randbits(63)  # a later device switch never replays this noise
         return self._noise
 
     def _noisy_sum(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -296,16 +318,15 @@ class PrivateDiscriminator:
     # ------------------------------------------------------------------ resume
 
     def state_dict(self) -> dict[str, Any]:
-        """Accountant history, step count and noise RNG state (weights_only-loadable)."""
-        state: dict[str, Any] = {"steps": self.steps, "history": [list(h) for h in self.history],
-                                 "accountant": self.accountant_name, "unit": self.unit, "delta": self.delta}
-        gen = self._noise
-        if gen is not None:
-            state["noise_rng"] = gen.get_state()
-        return state
+        """Accountant history and step count (weights_only-loadable). Deliberately not the noise
+        generator's state (it would let anyone with the checkpoint recompute every noise draw) nor
+        any realised batch size."""
+        return {"steps": self.steps, "history": [list(h) for h in self.history],
+                "accountant": self.accountant_name, "unit": self.unit, "delta": self.delta}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` saved; the unit and accountant must match."""
+        """Restore what ``state_dict`` saved (the unit and accountant must match). The noise generator
+        is reseeded from OS entropy, whatever ``seed`` was: resumed noise never repeats earlier noise."""
         for key in ("unit", "accountant"):
             mine = self.unit if key == "unit" else self.accountant_name
             if state.get(key) != mine:
@@ -313,7 +334,7 @@ class PrivateDiscriminator:
                                 f"this run uses {mine!r}; resume with the same DP settings")
         self.accountant.history = [(float(s), float(q), int(t)) for s, q, t in state["history"]]
         self.steps = int(state["steps"])
-        self._noise, self._noise_state = None, state.get("noise_rng")
+        self._noise, self._noise_seed = None, secrets.randbits(63)
         self._budget_end, self._eps_cache = None, None
 
 
@@ -370,6 +391,7 @@ def make_discriminator_private(
     loss_fn: LossFn | None = None,
     max_noise_multiplier: float = accounting.MAX_NOISE_MULTIPLIER,
     log_private_stats: bool = False,
+    allow_shuffled_sampling: bool = False,
 ) -> PrivateDiscriminator:
     """Make a discriminator's updates (epsilon, delta)-DP per image or per identity.
 
@@ -379,15 +401,23 @@ def make_discriminator_private(
     for it; both together: fixed noise, and training stops when target_epsilon is reached.
     Sampling: ``sample_rate`` q, or ``batch_size`` = expected real images per batch (default: the
     datamodule's). ``unit="identity"``: q is per identity; ``max_images_per_identity`` m (default 4)
-    images per sampled identity. ``delta`` defaults to 1 / (10 * units). ``r1_gamma``/``r1_interval``
+    images per sampled identity. ``unit="image"`` with ``max_images_per_identity`` k: every person
+    must have at most k training images (the cap a per-person guarantee from image-level DP needs);
+    otherwise refused. ``delta`` defaults to 1 / (10 * units). ``r1_gamma``/``r1_interval``
     default to the module's (StyleGAN2 hparams) and are applied per sample on every
     ``r1_interval``-th step. ``datamodule``: its training labels give the units and its
     ``train_dataloader`` is switched to the private batch sampler. ``seed``: sampling and noise
-    randomness (None: from the OS; a known seed voids the guarantee against whoever knows it).
+    randomness (None: from the OS; a known seed voids the guarantee against whoever knows it); the
+    noise is reseeded from OS entropy on resume. ``poisson_sampling=False`` (shuffled fixed-size
+    batches) is refused unless ``allow_shuffled_sampling=True``, which marks epsilon as not a valid bound.
     Raises UserError for configurations that would not be private (see ``dp_checks``).
     """
     if unit not in UNITS:
         raise UserError(f"unit must be 'image' or 'identity', got {unit!r}")
+    if not poisson_sampling and not allow_shuffled_sampling:
+        raise UserError("poisson_sampling=False is refused: the privacy accountant assumes Poisson subsampling, so "
+                        "the epsilon of shuffled fixed-size batches is not a valid bound; keep poisson_sampling=True "
+                        "(or pass allow_shuffled_sampling=True to run it with epsilon marked invalid)")
     accountant = accounting.check_accountant(accountant)
     target = module_or_discriminator
     D = next((d for d in (getattr(target, a, None) for a in ("D", "discriminator")) if isinstance(d, nn.Module)), None)
@@ -418,6 +448,17 @@ def make_discriminator_private(
         m = DEFAULT_IMAGES_PER_IDENTITY if max_images_per_identity is None else int(max_images_per_identity)
         if m < 1:
             raise UserError(f"max_images_per_identity must be >= 1, got {max_images_per_identity}")
+    elif max_images_per_identity is not None:
+        m = int(max_images_per_identity)
+        if m < 1:
+            raise UserError(f"max_images_per_identity must be >= 1, got {max_images_per_identity}")
+        if targets_t is None:
+            raise UserError("max_images_per_identity with unit='image' needs the identity of every training image: "
+                            "pass datamodule= or targets=")
+        most = int(torch.bincount(targets_t - targets_t.min()).max())
+        if most > m:
+            raise UserError(f"a person has {most} training images, more than max_images_per_identity={m}: cap the data "
+                            f"(data.max_images_per_identity={m}) so that the per-person bound holds")
     num_units, usable_images = _resolve_units(unit, targets_t, dataset_size, m)
 
     if sample_rate is None:

@@ -67,12 +67,24 @@ class UnitBatchSampler(Sampler[list[int]]):
 
     ``poisson=True``: each unit joins a batch independently with probability ``sample_rate``.
     ``poisson=False``: units are shuffled each epoch and cut into batches of ``round(q * units)``
-    (what most training does; Opacus's accountant then only approximates the guarantee).
+    (what most training does; the Poisson accounting does NOT hold for it, so DP refuses it unless
+    the user accepts an epsilon that is not a valid bound).
     A selected unit contributes ``max_per_unit`` of its images at most, a fresh random subset each time.
     ``seed=None`` draws the sampling randomness from the OS: the guarantee assumes nobody can
     reproduce which units were sampled, so keep an explicit seed secret. ``salt()`` (e.g. the DP
     step counter) mixes into each epoch's seed so a resumed run does not replay earlier batches.
-    With ``world_size > 1`` this rank samples only units ``u`` with ``u % world_size == rank``.
+
+    Several ranks (``world_size > 1``): every rank makes the same global draw over ALL units (same
+    seed: pass the one rank 0 chose) and keeps the units ``u`` with ``u % world_size == rank``, so the
+    union over ranks is one Poisson draw and a unit's inclusion is independent of every other
+    unit's, across ranks too. Each draw (a step's inclusion mask, a unit's image subset) has its own
+    seed ``(seed, salt, epoch, step[, unit])``, so ranks never fall out of step.
+
+    >>> a = image_poisson_sampler(8, 0.5, seed=3, rank=0, world_size=2, steps_per_epoch=1)
+    >>> b = image_poisson_sampler(8, 0.5, seed=3, rank=1, world_size=2, steps_per_epoch=1)
+    >>> whole = image_poisson_sampler(8, 0.5, seed=3, steps_per_epoch=1)
+    >>> sorted(next(iter(a)) + next(iter(b))) == sorted(next(iter(whole)))
+    True
     """
 
     def __init__(self, units: Sequence[Sequence[int]], sample_rate: float, *, max_per_unit: int | None = None,
@@ -82,16 +94,19 @@ class UnitBatchSampler(Sampler[list[int]]):
             raise UserError(f"sample_rate must be in (0, 1], got {sample_rate}")
         if max_per_unit is not None and max_per_unit < 1:
             raise UserError(f"max_images_per_identity must be >= 1, got {max_per_unit}")
-        self.units = [np.asarray(u, dtype=np.int64) for u in units][rank::world_size]
-        if not self.units:
+        self.all_units = [np.asarray(u, dtype=np.int64) for u in units]
+        self.rank, self.world_size = int(rank), max(1, int(world_size))
+        if not 0 <= self.rank < self.world_size:
+            raise UserError(f"rank {rank} outside 0..{world_size - 1}")
+        if len(self.all_units) < self.world_size:
             raise DataError("no training units to sample from (empty dataset or more ranks than units)")
         self.sample_rate = float(sample_rate)
         self.max_per_unit = max_per_unit
         self.poisson = bool(poisson)
-        self.batch_units = max(1, int(round(self.sample_rate * len(units)))) // max(1, world_size) or 1
+        self.batch_units = max(1, int(round(self.sample_rate * len(units))))  # global, shuffled mode
         if steps_per_epoch is None:
             steps_per_epoch = (default_steps_per_epoch(self.sample_rate) if self.poisson
-                               else max(1, len(self.units) // self.batch_units))
+                               else max(1, len(self.all_units) // self.batch_units))
         self.steps_per_epoch = int(steps_per_epoch)
         self.entropy = int(np.random.SeedSequence().entropy if seed is None else seed)
         self.salt = salt
@@ -103,30 +118,41 @@ class UnitBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.steps_per_epoch
 
-    def _rng(self) -> np.random.Generator:
-        salt = int(self.salt()) if self.salt is not None else 0
-        return np.random.default_rng(np.random.SeedSequence([self.entropy, salt, self.epoch]))
+    @property
+    def units(self) -> list[np.ndarray]:
+        """This rank's units."""
+        return self.all_units[self.rank::self.world_size]
 
-    def _take(self, rng: np.random.Generator, chosen: np.ndarray) -> list[int]:
+    def _rng(self, *key: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([self.entropy, *key]))
+
+    def global_mask(self, salt: int, epoch: int, step: int) -> np.ndarray:
+        """Inclusion of every unit (all ranks) at this step: one Poisson draw, the same on every rank."""
+        return self._rng(salt, epoch, step).random(len(self.all_units)) < self.sample_rate
+
+    def _take(self, key: tuple[int, ...], chosen: np.ndarray) -> list[int]:
         out: list[int] = []
         for u in chosen:
-            images = self.units[u]
+            images = self.all_units[u]
             if self.max_per_unit is not None and len(images) > self.max_per_unit:
-                images = rng.choice(images, size=self.max_per_unit, replace=False)
+                images = self._rng(*key, int(u)).choice(images, size=self.max_per_unit, replace=False)
             out.extend(int(i) for i in images)
         return out
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = self._rng()
+        salt = int(self.salt()) if self.salt is not None else 0
+        epoch = self.epoch
         self.epoch += 1
-        n = len(self.units)
+        mine = np.arange(len(self.all_units)) % self.world_size == self.rank
         if self.poisson:
-            for _ in range(self.steps_per_epoch):
-                yield self._take(rng, np.flatnonzero(rng.random(n) < self.sample_rate))
+            for step in range(self.steps_per_epoch):
+                mask = self.global_mask(salt, epoch, step)
+                yield self._take((salt, epoch, step), np.flatnonzero(mask & mine))
         else:
-            order = rng.permutation(n)
-            for s in range(self.steps_per_epoch):
-                yield self._take(rng, order[s * self.batch_units:(s + 1) * self.batch_units])
+            order = self._rng(salt, epoch).permutation(len(self.all_units))
+            for step in range(self.steps_per_epoch):
+                chosen = order[step * self.batch_units:(step + 1) * self.batch_units]
+                yield self._take((salt, epoch, step), chosen[chosen % self.world_size == self.rank])
 
 
 def image_poisson_sampler(num_images: int, sample_rate: float, **kwargs: Any) -> UnitBatchSampler:
