@@ -103,3 +103,21 @@ def test_cli_with_dlib_and_a_second_embedder_reports_each_and_the_worst(attack_w
     metrics = json.loads((tmp_path / "two" / "attack.json").read_text())["metrics"]
     per = {name: metrics[f"leakage/{name}/auc"] for name in ("trained", "dlib")}
     assert metrics["leakage/auc"] == max(per.values())
+
+
+def test_cli_takes_a_release_file(attack_world, embedder_file, tmp_path, capsys):
+    """``release.ckpt`` (generator weights and hparams only, no pickle) is a generator for the attack."""
+    from gmia_defend.audit import save_release
+    from gmia_defend.models import StyleGAN2
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = StyleGAN2(resolution=32, z_dim=16, w_dim=16, mapping_layers=1, channel_base=128, channel_max=16,
+                          sample_grid=2)
+    path = save_release(tmp_path / "release.ckpt", model, "G_ema")
+    assert set(torch.load(path, weights_only=True)) >= {"format", "state_dict", "hparams"}
+    with warnings.catch_warnings():  # an untrained StyleGAN may overshoot [-1, 1]: clamped with a warning
+        warnings.simplefilter("ignore")
+        rc = main(_args(attack_world, embedder_file, path, tmp_path / "rel", "--num-samples", "100"))
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "rel" / "attack.json").read_text())["num_samples"] == 100

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from gmia_defend.audit.halves import half_metrics, split_halves
-from gmia_defend.audit.record import (IDENTITY_FIELDS, KIMG, LEAKAGE_PREFIX, AuditRecord, worst_case)
+from gmia_defend.audit.record import IDENTITY_FIELDS, KIMG, AuditRecord
 from gmia_defend.errors import UserError
 from gmia_defend.rng import preserved_rng
 
@@ -230,12 +230,7 @@ class Auditor:
                 metrics[k] = float(v)
             except (TypeError, ValueError):
                 continue
-        reports = getattr(result, "embedders", None) or {}
-        if len(reports) > 1:  # worst case of every key, intervals included (not one matcher's interval)
-            plain = {name: {k: float(v) for k, v in r.metrics.items() if k.startswith(LEAKAGE_PREFIX)
-                            and k.count("/") == 1} for name, r in reports.items()}
-            metrics.update(worst_case(plain))
-        return metrics
+        return metrics  # with several embedders the attack's plain keys already hold the worst of every key
 
     def _per_embedder_rows(self, result: Any) -> dict[str, list[dict]]:
         reports = getattr(result, "embedders", None) or {}

@@ -207,9 +207,10 @@ def successful_audits(records: Iterable[Any]) -> list[AuditRecord]:
 
 
 def worst_case(per_embedder: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Worst case over embedders of every key: the max of leakage figures and intervals, the min p-value.
+    """Worst case over embedders of every key: the max of leakage figures and intervals (both ends).
 
-    The null band (where a generator that learned nobody lands) is widened to cover every embedder's.
+    The p-value is Bonferroni-corrected over the J embedders, ``min(1, J * min p)`` (the smallest of J
+    p-values is not itself a p-value); the null band is widened to cover every embedder's.
     """
     out: dict[str, float] = {}
     keys = {k for m in per_embedder.values() for k in m}
@@ -218,7 +219,9 @@ def worst_case(per_embedder: Mapping[str, Mapping[str, float]]) -> dict[str, flo
         finite = [v for v in values if math.isfinite(v)]
         if not finite:
             out[key] = math.nan
-        elif key in WORST_IS_MIN or key == NULL_AUC_LOW:
+        elif key in WORST_IS_MIN:
+            out[key] = min(1.0, len(per_embedder) * min(finite))
+        elif key == NULL_AUC_LOW:
             out[key] = min(finite)
         elif key in WORST_IS_MAX or key == NULL_AUC_HIGH:
             out[key] = max(finite)

@@ -14,12 +14,13 @@ from pathlib import Path
 from gmia_defend.errors import UserError
 
 # = gmia_defend.attack.scores.SCORE_NAMES (not imported: `gmia-defend --help` must not import torch)
-_SCORES = ("topk_mean", "max_sim", "match_rate", "calibrated", "mean_sim")
+_SCORES = ("topk_mean", "max_sim", "match_rate", "calibrated", "mean_sim", "relative")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator", required=True,
-                        help="StyleGAN2 Lightning checkpoint (.ckpt), TorchScript file, or 'module:function' "
+                        help="a release file (release.ckpt), a StyleGAN2 Lightning checkpoint (.ckpt), an NVIDIA "
+                             "network-snapshot-*.pkl (with --trust-pickle), a TorchScript file, or 'module:function' "
                              "(called with no arguments, returns a callable z -> images)")
     parser.add_argument("--audit", required=True, help="split.json written by IdentitySplit.save")
     parser.add_argument("--embedder", action="append", default=None,
@@ -40,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evidence-neighbours", type=int, default=6)
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow pickled objects in the checkpoint (only for files you trust)")
+    parser.add_argument("--class-index", type=int, default=None,
+                        help="class to audit for a conditional generator (c_dim > 0), e.g. an NVIDIA snapshot")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -85,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--device {args.device} asked for CUDA but none is available; use --device cpu")
     out = Path(args.out).expanduser() if args.out else default_out_dir(args.generator)
     audit = load_audit(args.audit)  # cheap checks first: the default embedder may train for a minute
-    generator = load_generator(args.generator, device=device, trust_pickle=args.trust_pickle)
+    kwargs = {"class_index": args.class_index} if args.class_index is not None else {}
+    generator = load_generator(args.generator, device=device, trust_pickle=args.trust_pickle, **kwargs)
     embedders = [load_embedder(spec, device=device) for spec in (args.embedder or ["synthetic"])]
     attack = IdentityMembershipAttack(
         embedders if len(embedders) > 1 else embedders[0], audit, num_samples=args.num_samples,
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress, evidence_identities=args.evidence_identities,
         evidence_neighbours=args.evidence_neighbours)
     result = attack.run(generator)
-    result.config.update({"generator": args.generator, "audit": str(args.audit),
+    result.config.update({"generator": args.generator, "audit": str(args.audit), "class_index": args.class_index,
                           "embedder": list(args.embedder or ["synthetic"]), "device": str(device)})
     json_path = result.save_json(out / "attack.json")
     print(f"identity membership attack: {result.num_samples} samples, embedder {result.embedder_name}, "

@@ -75,6 +75,16 @@ def run_sweep_report(sweep_dir: str, out: str | None = None) -> int:
         raise UserError(f"no successful audit in any run of {sweep_dir}; check the runs' stdout.log files")
     paths = plot_sweep(rows, out or sweep_dir)
     print(f"sweep: {sweep_dir} ({len({r['run'] for r in rows})} runs, {len(rows)} audits)")
+    try:
+        from gmia_defend.sweep.collect import read_summary
+        from gmia_defend.sweep.summary import format_table
+
+        print(format_table(read_summary(sweep_dir)))
+        table = Path(sweep_dir) / "sweep_table.md"
+        if table.is_file():
+            print(f"  table: {table}")
+    except ImportError:  # an older sweep package without the summary table
+        pass
     for path in paths:
         print(f"  figure: {path}")
     return 0
