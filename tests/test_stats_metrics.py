@@ -181,3 +181,14 @@ def test_clopper_pearson_matches_scipy_beta_quantiles():
         lo, hi = M.clopper_pearson(k, n, a)
         np.testing.assert_allclose(lo, np.where(k > 0, beta.ppf(a, k, n - k + 1), 0.0), atol=1e-9)
         np.testing.assert_allclose(hi, np.where(k < n, beta.ppf(1 - a, k + 1, n - k), 1.0), atol=1e-9)
+
+
+def test_prepare_embeds_references_once():
+    audit = make_toy_audit()
+    emb = ToyEmbedder()
+    attack = IdentityMembershipAttack(emb, audit, num_samples=64, batch_size=64, progress=False, n_bootstrap=10,
+                                      n_permutations=10, evidence_identities=0).prepare()
+    refs = emb.calls
+    assert refs == audit.member_images.shape[0] + audit.nonmember_images.shape[0]
+    attack.run(ToyRandom())
+    assert emb.calls == refs + 64  # the run embedded only its generated samples

@@ -121,6 +121,21 @@ class IdentityMembershipAttack:
         self._cache: dict[tuple[int, str], _References] = {}
         self.names = _unique_names([str(getattr(e, "name", f"embedder{i}")) for i, e in enumerate(self.embedders)])
 
+    def prepare(self, device: str | torch.device | None = None) -> "IdentityMembershipAttack":
+        """Embed the references (and population) now, so the first ``run`` costs what later ones cost.
+
+        A training callback calls it when fitting starts: the one-off reference embedding then
+        happens outside the first audit's pause.
+        """
+        dev = torch.device(device) if device is not None else (self.device or torch.device("cpu"))
+        embed_modules = [e for e in self.embedders if isinstance(e, nn.Module)]
+        for e in embed_modules:
+            e.to(dev)
+        with torch.no_grad(), eval_mode(embed_modules):
+            for i in range(len(self.embedders)):
+                self._threshold(i, self._references(i, dev))
+        return self
+
     def clear_cache(self) -> None:
         """Forget cached reference embeddings (needed only if an embedder's weights were changed)."""
         self._cache.clear()
