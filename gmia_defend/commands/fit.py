@@ -131,7 +131,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         # our CSVLogger writes into the run folder, which already holds config.yaml: expected
         warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    _save_final_last(cli.trainer)
     return 0
+
+
+def _save_final_last(trainer: Any) -> None:
+    """``last.ckpt`` holds the end of training, also when it ended between two checkpoint steps (a
+    pretraining run handed to ``--model.init_from``, or ``--ckpt_path last`` to train further)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath and not trainer.interrupted:
+            path = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+            saved_step = getattr(cb, "_last_global_step_saved", -1)
+            if saved_step != trainer.global_step or not path.is_file():
+                trainer.save_checkpoint(str(path))
+            return
 
 
 def _keep_previous_metrics(root: Path) -> None:

@@ -461,6 +461,12 @@ class SyntheticFaces(IdentityDataset):
     Identity ``i`` is named ``syn-{identity_offset+i:06d}`` and rendered from the absolute index
     ``identity_offset + i``; image ``j`` of it has key ``syn-XXXXXX/{j:04d}``. Same seed and absolute
     index -> the same person in any instance; a different ``identity_offset`` range -> other people.
+
+    >>> faces = SyntheticFaces(num_identities=3, images_per_identity=[2, 1, 4], resolution=16)
+    >>> len(faces), faces.identities[0], faces.keys[1]
+    (7, 'syn-000000', 'syn-000000/0001')
+    >>> bool(torch.equal(faces.load([2]), SyntheticFaces(5, 1, resolution=16).load([1])))  # same person, same image
+    True
     """
 
     def __init__(

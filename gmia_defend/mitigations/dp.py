@@ -59,6 +59,13 @@ class PrivateDiscriminator:
     private D update and returns floats to log. ``epsilon``/``delta``/``unit``/``summary()`` report
     the guarantee; ``batch_sampler()`` / ``attach_datamodule()`` give the Poisson batches the
     accounting assumes; ``state_dict()`` / ``load_state_dict()`` resume the accountant.
+
+    >>> D = nn.Sequential(nn.Flatten(), nn.Linear(12, 1))
+    >>> pd = make_discriminator_private(D, optimizer=torch.optim.SGD(D.parameters(), lr=0.1),
+    ...                                 noise_multiplier=1.0, batch_size=4, dataset_size=40)
+    >>> logs = pd.step(None, torch.randn(3, 3, 2, 2), None, torch.randn(3, 3, 2, 2))
+    >>> pd.steps, round(pd.sample_rate, 2), pd.unit, sorted(pd.state_dict())
+    (1, 0.1, 'image', ['accountant', 'delta', 'history', 'steps', 'unit'])
     """
 
     def __init__(self, D: nn.Module, *, unit: str, noise_multiplier: float, max_grad_norm: float,

@@ -81,7 +81,14 @@ def parse_policy(policy: str | Sequence[str]) -> list[str]:
 
 
 class DiffAugment(nn.Module):
-    """Apply each op of ``policy`` to each sample with probability ``p`` (identity when p == 0)."""
+    """Apply each op of ``policy`` to each sample with probability ``p`` (identity when p == 0).
+
+    >>> aug = DiffAugment(1.0, "translation,cutout")
+    >>> x = torch.rand(2, 3, 8, 8)
+    >>> a, b = aug(x, torch.Generator().manual_seed(0)), aug(x, torch.Generator().manual_seed(0))
+    >>> bool(torch.equal(a, b)), a.shape  # the same generator seed, the same augmentation
+    (True, torch.Size([2, 3, 8, 8]))
+    """
 
     def __init__(self, p: float = 0.0, policy: str | Sequence[str] = "translation,cutout,color") -> None:
         super().__init__()

@@ -238,7 +238,11 @@ class Generator(nn.Module):
     compatibility with NVIDIA-style ``G(z, c)`` callers; this generator is unconditional.
 
     ``noise_mode``: "random" (training), "const" (fixed per-layer noise, reproducible sampling;
-    the default for ``G_ema``) or "none".
+    the default for ``G_ema``) or "none"; random noise is drawn from ``synthesis(..., generator=g)``.
+
+    >>> G = Generator(z_dim=8, w_dim=8, resolution=8, mapping_layers=1, channel_base=64, channel_max=8)
+    >>> G(torch.zeros(2, 8), noise_mode="const").shape
+    torch.Size([2, 3, 8, 8])
     """
 
     def __init__(self, z_dim: int = 512, w_dim: int = 512, resolution: int = 64, mapping_layers: int = 8,
@@ -318,6 +322,10 @@ class Discriminator(nn.Module):
 
     With ``mbstd_group_size=0`` every output depends on its own input only (no BatchNorm, no
     minibatch statistics), as differentially private training needs.
+
+    >>> D = Discriminator(resolution=8, channel_base=64, channel_max=8, mbstd_group_size=0)
+    >>> D(torch.zeros(3, 3, 8, 8)).shape
+    torch.Size([3])
     """
 
     def __init__(self, resolution: int = 64, channel_base: int = 16384, channel_max: int = 512,
