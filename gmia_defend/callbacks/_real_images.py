@@ -18,7 +18,7 @@ def real_images_for(reference: Any, trainer: Any, n: int, seed: int, audit: Call
         images = getattr(audit(), "population_images", None)
         if images is None or len(images) == 0:
             raise UserError("quality_reference='population' needs population identities in the audit split "
-                            "(IdentitySplit.create(..., num_population=...)), or pass a tensor of public images")
+                            "(IdentitySplit.create(..., num_population_identities=...)), or pass a tensor of public images")
         return torch.as_tensor(images)[:n]
     if isinstance(reference, str):
         dataset = train_dataset(trainer)

@@ -330,12 +330,10 @@ class PrivacyBudgetMonitor(pl.Callback):
         self._check_budget(trainer)
 
     def _publish(self, pl_module: pl.LightningModule, steps: int) -> None:
+        """Log the guarantee that holds after ``steps`` D steps (beyond today's: at the current noise)."""
         pd = self.private_d
-        if steps == pd.steps:
-            eps = pd.epsilon if self._exhausted() else pd.reported_epsilon(self.log_every_n_steps)
-        else:  # the value after this batch's D step, an upper bound until it is exact
-            every = self.log_every_n_steps or (1 if pd.accountant_name == "rdp" else 25)
-            eps = pd.epsilon_after(steps - pd.steps + (-steps % every))
+        every = self.log_every_n_steps or (1 if pd.accountant_name == "rdp" else 25)
+        eps = pd.epsilon_after(steps - pd.steps + (-steps % every))
         values = {"privacy/epsilon": eps, "privacy/delta": pd.delta}
         person = self._reported_person(steps)
         if person is not None:
@@ -346,6 +344,9 @@ class PrivacyBudgetMonitor(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
+        # Published once per batch, from this hook only (a key logged from two hooks can leave the older
+        # value in callback_metrics): the values after this batch's one D step, so every batch-end reader
+        # sees them fresh, whatever its place in the callback list.
         if self.private_d is None or self._exhausted():
             return
         self._publish(pl_module, self.private_d.steps + 1)
@@ -356,7 +357,6 @@ class PrivacyBudgetMonitor(pl.Callback):
         if pd is None or pd.steps == self._last_logged:
             return
         self._check_budget(trainer)
-        self._publish(pl_module, pd.steps)
         self._last_logged = pd.steps
 
     def _exhausted(self) -> tuple[str, str] | None:

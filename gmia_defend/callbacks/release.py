@@ -160,7 +160,10 @@ class ReleaseCheckpointSelector(pl.Callback):
             if trainer is not None else {}
         decision.update(epsilon_figures(decision["chosen"], history, at_end))
         reference = next((r.extra.get("quality_reference") for r in reversed(history) if r.ok), None)
-        decision.update(selection_privacy(self.rule, decision["quality_metric"], reference, decision["epsilon"]))
+        stopped = next((type(cb).__name__ for cb in getattr(trainer, "callbacks", []) or []
+                        if getattr(cb, "stopped_kimg", None) is not None), None)
+        decision.update(selection_privacy(self.rule, decision["quality_metric"], reference, decision["epsilon"],
+                                          stopped))
         decision["options"] = {**asdict(self.rule), "keep_candidates": self.keep_candidates}
         decision["release_checkpoint"] = RELEASE_CKPT if decision["chosen"] is not None else None
         return decision

@@ -17,9 +17,9 @@ from gmia_defend.audit.record import (DEFAULT_BUDGET, DEFAULT_METRIC, EPSILON, E
 
 
 def selection_privacy(rule: ReleaseRule, quality_metric: str | None, quality_reference: str | None,
-                      epsilon: float | None) -> dict[str, Any]:
+                      epsilon: float | None, stopped_by: str | None = None) -> dict[str, Any]:
     """``selection_uses_private_data``, ``epsilon_covers_selection`` and the reason, for ``release.json``."""
-    private = []
+    private = [f"training was stopped early by {stopped_by}, which read leakage figures"] if stopped_by else []
     if rule.use_leakage:
         private.append("the leakage figures it compares use the member identities' held-out photos")
     if quality_metric and quality_reference in (None, "train"):
