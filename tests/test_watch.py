@@ -170,3 +170,35 @@ def test_generator_factory_and_kimg_in_names(watch_split, tmp_path, capsys):
     assert [r["kimg"] for r in records] == [0.5, 1.5, 2.5]
     assert records[0]["checkpoint"] == "weights/gen-kimg=0.5.pt"
     assert "quality/fd_pixels" in records[0]["metrics"]  # nothing logged: the Fréchet distance is computed
+
+
+def test_lightning_checkpoints_take_their_own_kimg_and_log_to_wandb(watch_split, tmp_path, capsys, monkeypatch):
+    import pytorch_lightning as pl
+    import torch
+
+    from gmia_defend.models import StyleGAN2
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for step, images in ((20, 1500), (10, 700)):
+        with torch.random.fork_rng():
+            torch.manual_seed(step)
+            model = StyleGAN2(resolution=16, z_dim=8, w_dim=8, mapping_layers=1, channel_base=64, channel_max=8)
+        model.images_seen.fill_(images)
+        trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=tmp_path)
+        trainer.strategy.connect(model)
+        trainer.save_checkpoint(run / "checkpoints" / f"step={step:06d}.ckpt")
+    (run / "checkpoints" / "last.ckpt").write_bytes((run / "checkpoints" / "step=000020.ckpt").read_bytes())
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["watch", str(run), "--audit", str(watch_split), "--once", "--wandb-project", "watch-test",
+                     *FAST]) == 0
+    assert not [w for w in caught if "W&B" in str(w.message)], [str(w.message) for w in caught]
+    records = _records(run)
+    assert [(r["checkpoint"], r["kimg"]) for r in records] == [("checkpoints/step=000010.ckpt", 0.7),
+                                                               ("checkpoints/step=000020.ckpt", 1.5)]
+    assert list((run / "wandb").glob("offline-run-*")) and (run / "watch_wandb_id").is_file()

@@ -7,6 +7,7 @@ that fails is a warning: it never ends the watch.
 
 from __future__ import annotations
 
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -50,7 +51,7 @@ class WandbSink:
         from gmia_defend.report.wandb import WandbAuditLog
 
         id_file = run_dir / "watch_wandb_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(6)
         write_text_atomic(id_file, run_id + "\n")
         self.run = wandb.init(project=project, entity=entity, dir=str(run_dir), id=run_id, resume="allow",
                               name=name or f"watch-{run_dir.name}", job_type="watch",
