@@ -121,3 +121,29 @@ def test_release_file_round_trip_and_bad_files(tmp_path):
     import gmia_defend
 
     assert gmia_defend.load_release is load_release
+
+
+def test_auditor_shows_the_clamping_warning_once_per_run(cb_world):
+    from _fixtures_callbacks import CbTinyEmbedder
+
+    from gmia_defend.audit import Auditor
+
+    class Overshooting(torch.nn.Module):  # an early StyleGAN: symmetric tails far beyond [-1, 1]
+        z_dim = 8
+
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 3 * 16 * 16)
+
+        def forward(self, z):
+            return (3 * torch.tanh(self.fc(z) * 4)).view(-1, 3, 16, 16)
+
+    torch.manual_seed(0)
+    auditor = Auditor(CbTinyEmbedder(), cb_world.audit, num_samples=64, batch_size=32, quality=False,
+                      attack_options={"n_bootstrap": 20, "n_permutations": 50})
+    g = Overshooting()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = [auditor.audit(g, kimg=k) for k in (1.0, 2.0, 3.0)]
+    clamps = [w for w in caught if "clamping" in str(w.message)]
+    assert all(r.ok for r in records) and len(clamps) == 1

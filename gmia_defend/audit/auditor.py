@@ -173,13 +173,14 @@ class Auditor:
                     measure.reduce(reduce_sum)
                 return merged
 
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
+            caught: list = []
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
                     result = self.attack.run(generator, on_batch=on_batch, on_embeddings=on_embeddings,
                                              shard=shard, reduce=merge if reduce is not None else None)
-                finally:
-                    self._show_once(caught)
+            finally:
+                self._show_once(caught)
             metrics = self._metrics(result)
             if quality_value is not None:
                 metrics[quality_key] = float(quality_value)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -166,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
         embedder = load_embedder(args.embedder)
         print(f"embedder ready in {time.perf_counter() - start:.0f} s", flush=True)
     demo = build_demo(out, args.config, embedder, not args.no_monitor, args.max_steps, args.every_n_kimg,
-                      args.num_samples, args.budget, args.stop_budget, args.wandb)
+                      args.num_samples, args.budget, args.stop_budget, args.wandb,
+                      progress=sys.stderr.isatty())  # a progress bar for audits on a terminal only
     demo.trainer.fit(demo.model, datamodule=demo.datamodule)
     seconds = time.perf_counter() - start
     if demo.monitor is None:

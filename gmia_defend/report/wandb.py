@@ -113,10 +113,11 @@ class WandbAuditLog:
 
 def audit_table(history: Sequence[dict], metric: str, quality_metric: str | None,
                 release_kimg: float | None = None) -> Any:
-    """One row per audit: kimg, step, leakage metric, its CI, quality, error, release flag."""
+    """One row per audit: kimg, step, leakage metric, its CI, p-value and null band, quality, error, release flag."""
     import wandb
 
-    columns = ["kimg", "step", metric, "leakage/auc_ci_low", "leakage/auc_ci_high"]
+    columns = ["kimg", "step", metric, "leakage/auc_ci_low", "leakage/auc_ci_high", "leakage/p_value",
+               "leakage/null_auc_low", "leakage/null_auc_high"]
     if quality_metric:
         columns.append(quality_metric)
     columns += ["error", "release"]
