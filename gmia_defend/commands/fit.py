@@ -56,6 +56,9 @@ def _cli_classes():
                                 help="torch intra-op CPU threads (default: torch's choice). 1 is the safe "
                                      "choice for small CPU models on a shared machine: with 2 threads and "
                                      "another busy process, a demo step ran ~100x slower")
+            # IdentityDataModule and the DP batch sampler split the data by rank themselves (one seeded
+            # order, one global Poisson draw); Lightning's DistributedSampler injection would break both
+            parser.set_defaults({"trainer.use_distributed_sampler": False})
             try:
                 parser.link_arguments("data.resolution", "model.resolution")
             except (ValueError, KeyError):  # a datamodule without a resolution argument

@@ -10,7 +10,8 @@ images, its index in ``datamodule.public_dataset.identities``).
 
 The data order is a function of ``split_seed`` and the epoch, and the position in the epoch is
 saved in checkpoints: a run resumed from a checkpoint trains on exactly the batches the
-uninterrupted run would have.
+uninterrupted run would have. Under DDP each rank takes its own slice of that order: build the
+Trainer with ``use_distributed_sampler=False`` (``gmia-defend fit`` does).
 
 Public pretraining: ``train_on="public"`` trains on identities that are public (neither members,
 non-members, nor population): ``public_identities`` synthetic identities from a range disjoint from
