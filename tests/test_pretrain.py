@@ -110,3 +110,20 @@ def test_public_identities_of_a_folder_and_a_public_folder(tmp_path: Path) -> No
         IdentityDataModule(**folder, public_folder=str(other)).split
     with pytest.raises(UserError, match="the training dataset itself"):
         IdentityDataModule(**folder, public_folder=str(root)).split
+
+
+def test_a_fine_tuned_checkpoint_loads_without_the_pretraining_file(tmp_path: Path, pretrained_ckpt: Path) -> None:
+    import shutil
+
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    start = tmp_path / "start.ckpt"
+    shutil.copy(pretrained_ckpt, start)
+    model = StyleGAN2(**{**TINY_STYLEGAN2, "dp_compatible": True}, rng_seed=5, init_from=str(start))
+    trainer = tiny_trainer(tmp_path, max_batches=1, enable_checkpointing=True,
+                           callbacks=[ModelCheckpoint(dirpath=str(tmp_path / "ft"), save_last=True)])
+    trainer.fit(model, tiny_image_loader())
+    start.unlink()  # the pretraining file is gone (another machine, cleaned up)
+    again = StyleGAN2.load_from_checkpoint(str(tmp_path / "ft" / "last.ckpt"), weights_only=True)
+    assert _same(again.G_ema, model.G_ema) and again.rng_seed == 5
+    assert "init_from" not in again.hparams

@@ -166,7 +166,9 @@ class StyleGAN2(pl.LightningModule):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # init_from is where the weights STARTED: a checkpoint of this model already holds them, so
+        # load_from_checkpoint must not need that file (the run's config.yaml records it)
+        self.save_hyperparameters(ignore=["init_from"])
         self.automatic_optimization = False
         from gmia_defend.errors import UserError
 
