@@ -11,7 +11,7 @@ from gmia_defend.cli import main as cli_main
 
 
 @pytest.mark.slow
-def test_demo_trains_audits_reports_and_decides(tmp_path, monkeypatch, capsys):
+def test_demo_trains_audits_reports_and_decides(tmp_path, monkeypatch, capsys, caplog, recwarn):
     import gmia_defend.embedders.registry as registry
 
     monkeypatch.setattr(registry, "load_embedder", lambda spec, device=None: CbTinyEmbedder())
@@ -25,6 +25,11 @@ def test_demo_trains_audits_reports_and_decides(tmp_path, monkeypatch, capsys):
     wandb.finish()
     assert code == 0
     text = capsys.readouterr().out
+    # the console: no Lightning tip or warning caused by the demo's own configuration, clamping at most once
+    assert "Tip: For seamless cloud logging" not in caplog.text + text
+    shown = [str(w.message) for w in recwarn]
+    assert not [m for m in shown if "ModelCheckpoint with manual optimization" in m or "is not empty" in m]
+    assert sum("clamping" in m for m in shown) <= 1
     assert "demo finished" in text and "rule:" in text and ("release: the checkpoint" in text or "nothing released" in text)
     audits = [json.loads(line) for line in (out / "audits.jsonl").read_text().splitlines()]
     assert audits[0]["kimg"] == 0.0 and len(audits) >= 3 and all("metrics" in a for a in audits)

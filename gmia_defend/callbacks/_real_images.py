@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from gmia_defend.errors import UserError
 
-QUALITY_REFERENCES = ("train", "population")
+QUALITY_REFERENCES = ("train", "population")  # or a folder path, a tensor, or trainer -> tensor
 
 
 def real_images_for(reference: Any, trainer: Any, n: int, seed: int, audit: Callable[[], Any]) -> torch.Tensor:
     """``n`` real images in [-1, 1]: ``"train"`` samples the training set (private), ``"population"``
-    the audit set's population identities (never trained on), a tensor or ``trainer -> tensor`` as given."""
+    the audit set's population identities (never trained on), a folder path samples that folder (at the
+    audit set's resolution), a tensor or ``trainer -> tensor`` as given."""
+    resolution = getattr(audit(), "resolution", None) if isinstance(reference, (str, Path)) else None
     if isinstance(reference, str) and reference == "population":
         images = getattr(audit(), "population_images", None)
         if images is None or len(images) == 0:
             raise UserError("quality_reference='population' needs population identities in the audit split "
                             "(IdentitySplit.create(..., num_population_identities=...)), or pass a tensor of public images")
         return torch.as_tensor(images)[:n]
+    if isinstance(reference, (str, Path)) and str(reference) not in QUALITY_REFERENCES:
+        from gmia_defend.data import open_dataset
+
+        folder = Path(reference).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"quality_reference {str(reference)!r} is neither 'train', 'population' nor a folder "
+                            "of images (one sub-folder per identity)")
+        dataset = open_dataset({"type": "folder", "root": str(folder), "resolution": resolution})
+        return sample_dataset(dataset, n, seed)
     if isinstance(reference, str):
         dataset = train_dataset(trainer)
         if dataset is None:

@@ -63,8 +63,8 @@ class IdentityLeakageMonitor(pl.Callback):
             ``quality/fid``; else the Fréchet distance in the first embedder's space.
         quality_reference: the real images quality is measured against: ``"train"`` (a sample of the
             training set; private data), ``"population"`` (the audit set's population identities, never
-            trained on: public) or a tensor / callable ``trainer -> tensor`` you give (``real_images``
-            is the same as a tensor here).
+            trained on: public), a folder of public images, or a tensor / callable ``trainer -> tensor``
+            you give (``real_images`` is the same as a tensor here).
         halves: split the audited identities into a selection and a confirmation half (the release
             rule selects on one, the reported figures come from the other).
         run_dir: where ``audits.jsonl``, evidence and plots go (default ``trainer.default_root_dir``).
@@ -98,9 +98,10 @@ class IdentityLeakageMonitor(pl.Callback):
                 raise UserError(f"{name} must be > 0; got {value}")
         if int(num_samples) < 2:
             raise UserError(f"num_samples must be >= 2; got {num_samples}")
-        if isinstance(quality_reference, str) and quality_reference not in QUALITY_REFERENCES:
-            raise UserError(f"quality_reference must be one of {', '.join(QUALITY_REFERENCES)}, a tensor or a "
-                            f"callable; got {quality_reference!r}")
+        if isinstance(quality_reference, str) and quality_reference not in QUALITY_REFERENCES \
+                and not Path(quality_reference).expanduser().is_dir():
+            raise UserError(f"quality_reference must be one of {', '.join(QUALITY_REFERENCES)}, a folder of public "
+                            f"images, a tensor or a callable; got {quality_reference!r}")
         self.embedder_spec, self.audit, self.generator = embedder, audit, generator
         self.every_n_kimg = float(every_n_kimg) if every_n_kimg is not None else None
         self.every_n_steps = int(every_n_steps) if every_n_steps is not None else None
@@ -282,8 +283,8 @@ class IdentityLeakageMonitor(pl.Callback):
         for key, value in trainer.callback_metrics.items():  # e.g. PrivacyBudgetMonitor's epsilon and delta
             if key.startswith(PRIVACY_PREFIX):
                 record.metrics[key] = float(value)
-        ref = self.quality_reference
-        record.extra["quality_reference"] = ref if isinstance(ref, str) else "user"
+        ref = self.quality_reference  # "train" is private; "population", a folder or your tensor are not
+        record.extra["quality_reference"] = ref if isinstance(ref, str) and ref in QUALITY_REFERENCES else "user"
 
     def _log_to_module(self, pl_module: pl.LightningModule, record: AuditRecord, hook: str) -> None:
         if hook == "on_train_start":
