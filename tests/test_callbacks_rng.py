@@ -43,22 +43,26 @@ def _assert_identical(a: dict, b: dict) -> None:
     assert not differ, f"{len(differ)} of {len(a)} tensors differ, e.g. {differ[:3]}"
 
 
-def _fit(world, root, callbacks):
+def _fit(world, root, make_callbacks):
     pl.seed_everything(0)
+    callbacks = make_callbacks()  # constructed after seeding, as a script would: construction must not draw either
     model = DCGAN(global_latents=True)  # a new user's DCGAN: BatchNorm, torch.randn latents
     loader = DataLoader(TensorDataset(world.train_images, world.train_labels), batch_size=16, shuffle=True,
                         drop_last=True)
     trainer = cb_trainer(root, callbacks, max_steps=2 * BATCHES)
     trainer.fit(model, loader)
-    return _tensors(model, trainer), rng_fingerprint()
+    return _tensors(model, trainer), rng_fingerprint(), callbacks
 
 
 def test_three_callbacks_leave_training_bit_identical(cb_world, tmp_path, synthetic_spec):
-    plain, rng_plain = _fit(cb_world, tmp_path / "plain", [])
-    monitor = IdentityLeakageMonitor(**cb_monitor_kwargs(cb_world, synthetic_spec, every_n_steps=30,
-                                                         audit_at_start=True))
-    callbacks = [monitor, LeakageEarlyStopping(budget=0.999), ReleaseCheckpointSelector(budget=0.999)]
-    audited, rng_audited = _fit(cb_world, tmp_path / "audited", callbacks)
+    plain, rng_plain, _ = _fit(cb_world, tmp_path / "plain", list)
+
+    def three():
+        monitor = IdentityLeakageMonitor(**cb_monitor_kwargs(cb_world, synthetic_spec, every_n_steps=30,
+                                                             audit_at_start=True))
+        return [monitor, LeakageEarlyStopping(budget=0.999), ReleaseCheckpointSelector(budget=0.999)]
+
+    audited, rng_audited, (monitor, _, _) = _fit(cb_world, tmp_path / "audited", three)
     assert [r.kimg for r in monitor.history] == [0.0, 0.48, 0.96, 1.44] and all(r.ok for r in monitor.history)
     _assert_identical(plain, audited)
     assert rng_plain == rng_audited
