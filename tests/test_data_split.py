@@ -205,6 +205,11 @@ def test_public_identities(synthetic_dataset: SyntheticFaces, synthetic_split: I
     assert again.public == pub.public
     assert again.with_training(dict(again.members)).public == pub.public
     member, nonmember, popid = next(iter(s.members)), next(iter(s.nonmembers)), sorted(pop)[0]
+    other = s.with_public(["elsewhere-1"], dataset={"dataset": "synthetic", "identity_offset": 10_000})
+    other.validate(synthetic_dataset)  # names of another dataset: not looked up in this one
+    assert IdentitySplit.from_dict(other.to_dict()).public_dataset["identity_offset"] == 10_000
+    with pytest.raises(DataError, match="not in this dataset"):
+        s.with_public(["elsewhere-1"]).validate(synthetic_dataset)
     with pytest.raises(DataError) as err:
         s.with_public([free[0], member, nonmember, popid])
     text = str(err.value)

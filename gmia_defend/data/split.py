@@ -61,6 +61,7 @@ class IdentitySplit:
     dataset: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     public: list[str] = field(default_factory=list)
+    public_dataset: dict[str, Any] = field(default_factory=dict)
 
     # ---- views ---------------------------------------------------------------------------------
     @property
@@ -240,14 +241,16 @@ class IdentitySplit:
             dataset=dict(self.dataset),
             meta=extra,
             public=list(self.public),
+            public_dataset=dict(self.public_dataset),
         )
 
-    def with_public(self, names: Sequence[str]) -> "IdentitySplit":
+    def with_public(self, names: Sequence[str], dataset: dict[str, Any] | None = None) -> "IdentitySplit":
         """A copy whose ``public`` identities are ``names`` (sorted, unique).
 
-        Raises ``DataError`` (a ``UserError``) naming any identity that is also a member, a
-        non-member or a population identity: public data must be disjoint from what is protected
-        or audited.
+        ``dataset``: the spec of another dataset holding them (e.g. a public folder or a separate
+        synthetic range); by default they are identities of the split's own dataset. Raises
+        ``DataError`` (a ``UserError``) naming any identity that is also a member, a non-member or a
+        population identity: public data must be disjoint from what is protected or audited.
         """
         names = sorted({str(n) for n in names})
         pop_owners = self._population_identities()
@@ -259,6 +262,7 @@ class IdentitySplit:
                            "identities; pick identities outside the split", "bad public identities")
         copy = IdentitySplit.from_dict(self.to_dict())
         copy.public = names
+        copy.public_dataset = dict(dataset or {})
         return copy
 
     def _population_identities(self) -> set[str]:
@@ -358,7 +362,8 @@ class IdentitySplit:
                 problems.append(f"{k}: population image of audited identity {owner}")
             if owner in self.public:
                 problems.append(f"{k}: population image of public identity {owner}")
-        problems += [f"{n}: public identity not in this dataset" for n in self.public if n not in names]
+        if not self.public_dataset:  # public people of another dataset are checked by name only
+            problems += [f"{n}: public identity not in this dataset" for n in self.public if n not in names]
         if problems:
             raise _problem(
                 problems,
@@ -411,6 +416,7 @@ class IdentitySplit:
             "nonmembers": self.nonmembers,
             "population": self.population,
             "public": self.public,
+            "public_dataset": self.public_dataset,
         }
 
     @classmethod
@@ -445,6 +451,7 @@ class IdentitySplit:
             dataset=dict(data.get("dataset") or {}),
             meta=dict(data.get("meta") or {}),
             public=[str(n) for n in public],
+            public_dataset=dict(data.get("public_dataset") or {}),
         )
 
     def save(self, path: str | os.PathLike) -> Path:
