@@ -81,3 +81,17 @@ def test_fit_reports_a_missing_checkpoint(tmp_path):
     config.write_text(yaml.safe_dump(TINY_FIT))
     with pytest.raises(UserError, match="ckpt_path"):
         main(["--config", str(config), "--trainer.default_root_dir", str(tmp_path / "r"), "--ckpt_path", "last"])
+
+
+def test_last_ckpt_holds_the_end_of_training_without_lightning_advice(tmp_path, recwarn):
+    config = dict(TINY_FIT, trainer={**TINY_FIT["trainer"], "max_steps": 6, "callbacks": [
+        {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+         "init_args": {"filename": "{step:06d}", "every_n_train_steps": 4, "save_top_k": -1, "save_last": True}}]})
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    assert main(["--config", str(path), "--trainer.default_root_dir", str(run)]) == 0
+    assert (run / "checkpoints" / "step=000004.ckpt").is_file()
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 6 and int(last["state_dict"]["batches_seen"]) == 3  # not the batch-2 state
+    assert not [w for w in recwarn if "manual optimization" in str(w.message)]

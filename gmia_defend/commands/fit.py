@@ -133,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         # our CSVLogger writes into the run folder, which already holds config.yaml: expected
         warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+        # StyleGAN2 checkpoints the state after the batch's updates together with the batch counter,
+        # which is what an exact resume needs; Lightning's manual-optimisation advice does not apply
+        warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization and every_n_train_steps.*")
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
     _save_final_last(cli.trainer)
     return 0
