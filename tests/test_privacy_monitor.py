@@ -113,6 +113,7 @@ def test_monitor_tighter_target_and_state(tmp_path) -> None:
     assert pd.target_epsilon == 2.0 and pd.budget_steps < loose
     real, _, fake = dp_batch(4)
     while not trainer.should_stop:
+        monitor.on_train_batch_start(trainer, module, None, 0)
         pd.step(None, real, None, fake)
         monitor.on_train_batch_end(trainer, module, None, None, 0)
     assert pd.steps == pd.budget_steps and monitor.epsilon <= 2.0 < pd.epsilon_after(1)
@@ -152,6 +153,7 @@ def test_prv_logging_never_under_reports() -> None:
     real, _, fake = dp_batch(4)
     logged = []
     for _ in range(4):
+        monitor.on_train_batch_start(trainer, module, None, 0)
         pd.step(None, real, None, fake)
         monitor.on_train_batch_end(trainer, module, None, None, 0)
         logged.append(module.logged["privacy/epsilon"])

@@ -146,6 +146,8 @@ def _solve_sigma(eps_at, target: float, max_sigma: float) -> float:
             hi = min(hi * 2, max_sigma)
             if eps_at(hi) <= target:
                 break
+            if hi >= max_sigma:
+                return max_sigma  # out of reach: the caller refuses
             lo = hi
     else:
         lo = hi / 2
@@ -212,10 +214,10 @@ def noise_for_person_target(target_epsilon: float, *, scheme: str, people: int, 
             return accounting.epsilon([(sigma, q_, int(steps_))], delta_, accountant)
         return els_epsilon(sigma, q_, steps_, k, delta_, disc)
 
-    if eps(max_noise_multiplier) > target_epsilon:
+    sigma = _solve_sigma(eps, target_epsilon, max_noise_multiplier)
+    if sigma >= max_noise_multiplier and eps(max_noise_multiplier) > target_epsilon:
         raise UserError(_unreachable(target_epsilon, scheme, people, steps, expected_batch, k, images, delta,
                                      max_noise_multiplier, eps))
-    sigma = _solve_sigma(eps, target_epsilon, max_noise_multiplier)
     if scheme == "els":  # solved on a coarse grid; make sure the fine accountant agrees
         while sigma < max_noise_multiplier and els_epsilon(sigma, q, steps, k, delta) > target_epsilon:
             sigma *= 1.01
