@@ -276,10 +276,10 @@ class StyleGAN2(pl.LightningModule):
             d_logs = self.private_d.step(self, real, labels, fake, **extra)
         else:
             d_logs = self.discriminator_step(real, fake, batch_no, generator=d_aug)
-        k = int(self.hparams.get("d_steps_per_g_step", 1) or 1)
+        d_per_g = int(self.hparams.get("d_steps_per_g_step", 1) or 1)
         g_logs: dict[str, Any] = {}
-        if (batch_no + 1) % k == 0:  # G step: streams keyed by the batch only, whatever n was
-            g_logs = self.generator_step(n_g, batch_no // k, batch_no=batch_no)
+        if (batch_no + 1) % d_per_g == 0:  # G step: streams keyed by the batch only, whatever n was
+            g_logs = self.generator_step(n_g, batch_no // d_per_g, batch_no=batch_no)
 
         seen = n_g if private else n * world
         self.images_seen += seen
