@@ -90,6 +90,7 @@ class Auditor:
         self.quality: Any = None
         self.attack: Any = None
         self.result: Any = None  # the AttackResult of the latest audit (evidence images)
+        self._prepared = False
         self._warned: set[tuple] = set()  # (category, file, line) of warnings already shown by this auditor
 
     # ------------------------------------------------------------------------------ building
@@ -118,8 +119,13 @@ class Auditor:
         return self
 
     def prepare(self, device: Any = None) -> "Auditor":
-        """``build`` plus the real-image statistics: configuration errors surface here, before any audit."""
+        """``build``, the reference embeddings and the real-image statistics: configuration errors surface
+        here, before any audit, and the first audit costs what later ones cost."""
         self.build(device)
+        if not self._prepared and hasattr(self.attack, "prepare"):
+            with preserved_rng():
+                self.attack.prepare(device)
+            self._prepared = True
         self._ensure_real()
         return self
 

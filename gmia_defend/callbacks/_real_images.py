@@ -16,7 +16,6 @@ def real_images_for(reference: Any, trainer: Any, n: int, seed: int, audit: Call
     """``n`` real images in [-1, 1]: ``"train"`` samples the training set (private), ``"population"``
     the audit set's population identities (never trained on), a folder path samples that folder (at the
     audit set's resolution), a tensor or ``trainer -> tensor`` as given."""
-    resolution = getattr(audit(), "resolution", None) if isinstance(reference, (str, Path)) else None
     if isinstance(reference, str) and reference == "population":
         images = getattr(audit(), "population_images", None)
         if images is None or len(images) == 0:
@@ -30,7 +29,7 @@ def real_images_for(reference: Any, trainer: Any, n: int, seed: int, audit: Call
         if not folder.is_dir():
             raise UserError(f"quality_reference {str(reference)!r} is neither 'train', 'population' nor a folder "
                             "of images (one sub-folder per identity)")
-        dataset = open_dataset({"type": "folder", "root": str(folder), "resolution": resolution})
+        dataset = open_dataset({"type": "folder", "root": str(folder), "resolution": audit().resolution})
         return sample_dataset(dataset, n, seed)
     if isinstance(reference, str):
         dataset = train_dataset(trainer)

@@ -178,6 +178,7 @@ class IdentityLeakageMonitor(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and self.log is not None:
             self.history = self.log.sync(self.history)
+        self.auditor.prepare(pl_module.device)  # references and real statistics now, not in the first audit
         if self.audit_at_start and not self._audited_at(self.kimg(pl_module)):
             self._audit(trainer, pl_module, "on_train_start")
 
