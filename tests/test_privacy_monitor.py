@@ -162,3 +162,96 @@ def test_prv_logging_never_under_reports() -> None:
 
     at_step_1 = epsilon([(1.0, pd.sample_rate, 1)], pd.delta, "prv")
     assert logged[0] > at_step_1  # at step 1 the true value is lower: an upper bound was logged
+
+
+# ---------------------------------------------------------------------------- per person (ULS / ELS)
+
+
+class _Reader(pl.Callback):
+    """Listed BEFORE the monitor: reads privacy/* at batch end, as a leakage audit would."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.seen.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("privacy/")})
+
+
+def test_image_level_run_reports_epsilon_per_person_too(tmp_path) -> None:
+    from gmia_defend.mitigations.user_level import els_epsilon_history
+
+    dm, model = _tiny_world()
+    pd = make_discriminator_private(model, noise_multiplier=1.5, datamodule=dm, unit="image", seed=0)
+    reader, monitor = _Reader(), PrivacyBudgetMonitor(log_every_n_steps=1)
+    callbacks = [reader, monitor]
+    trainer = _trainer(tmp_path, callbacks, max_steps=6)
+    trainer.fit(model, datamodule=dm)
+    assert [c for c in trainer.callbacks if c in callbacks] == callbacks  # order kept: no reordering
+    labels = dm.train_dataset.labels
+    k = int(torch.bincount(labels).max())
+    people = int(torch.unique(labels).numel())
+    expected = els_epsilon_history(pd.history, k, 1 / (10 * people))
+    summary = monitor.summary()
+    assert summary["scheme"] == "els" and summary["images_per_person_cap"] == k and summary["people"] == people
+    assert summary["epsilon_person"] == pytest.approx(expected) and expected > pd.epsilon
+    assert "per image" in summary["epsilon_meaning"] and "per person" in summary["epsilon_meaning"]
+    assert summary["epsilon_valid"] is True
+    assert reader.seen[-1]["privacy/epsilon_person"] == pytest.approx(expected, rel=1e-6)  # fresh at batch end
+    assert reader.seen[0]["privacy/epsilon_person"] < reader.seen[-1]["privacy/epsilon_person"]
+    assert json.loads((tmp_path / "privacy.json").read_text())["epsilon_person"] == pytest.approx(expected)
+
+
+def test_uls_counts_d_steps_and_keeps_nothing_private(tmp_path) -> None:
+    dm, model = _tiny_world()
+    model.hparams.d_steps_per_g_step = 2  # one D step per batch, a G step every second batch
+    pd = make_discriminator_private(model, noise_multiplier=1.2, datamodule=dm, unit="identity",
+                                    max_images_per_identity=2, seed=0)
+    reader, monitor = _Reader(), PrivacyBudgetMonitor()
+    trainer = _trainer(tmp_path, [reader, monitor], max_steps=6)
+    trainer.fit(model, datamodule=dm)
+    batches = len(reader.seen)
+    assert batches >= 3 and pd.steps == batches == model.d_steps
+    assert monitor.epsilon_person == pytest.approx(pd.epsilon) and monitor.scheme == "uls"
+    assert reader.seen[-1]["privacy/epsilon"] == pytest.approx(pd.epsilon)
+    assert "per person" in monitor.summary()["epsilon_meaning"]
+    # logs: only the guarantee (no batch sizes, no image counts)
+    assert set(reader.seen[-1]) <= {"privacy/epsilon", "privacy/delta", "privacy/epsilon_person",
+                                    "privacy/delta_person", "privacy/steps"}
+    state = monitor.state_dict()
+    assert set(state["private_d"]) <= {"steps", "history", "accountant", "unit", "delta"}
+    path = tmp_path / "state.pt"
+    torch.save(state, path)
+    assert torch.load(path, weights_only=True)["private_d"]["steps"] == batches
+    noisy = dict(state, private_d={**state["private_d"], "noise_rng": torch.zeros(3, dtype=torch.uint8)})
+    fresh = PrivacyBudgetMonitor()
+    fresh.load_state_dict(noisy)  # a noise state from an older checkpoint is dropped, not restored
+    assert "noise_rng" not in fresh.state_dict()["private_d"]
+
+
+def test_shuffled_sampling_is_not_reported_as_a_bound() -> None:
+    import inspect
+
+    D = DpTinyD()
+    extra = ({"allow_shuffled_sampling": True}
+             if "allow_shuffled_sampling" in inspect.signature(make_discriminator_private).parameters else {})
+    pd = make_discriminator_private(D, noise_multiplier=1.0, batch_size=4, dataset_size=40, poisson_sampling=False,
+                                    optimizer=torch.optim.SGD(D.parameters(), lr=0.1), seed=0, **extra)
+    summary = PrivacyBudgetMonitor(private_d=pd).summary()
+    assert summary["epsilon_valid"] is False and "Poisson" in summary["epsilon_note"]
+    assert "NOT a valid bound" in summary["epsilon_meaning"]
+
+
+def test_per_person_target_sets_the_noise_stops_and_refuses(tmp_path) -> None:
+    dm, model = _tiny_world()
+    monitor = PrivacyBudgetMonitor(target_epsilon_person=3.0,
+                                   make_private={"unit": "identity", "steps": 5, "max_images_per_identity": 2})
+    trainer = _trainer(tmp_path, [monitor], max_steps=40)
+    trainer.fit(model, datamodule=dm)
+    pd = model.private_d
+    assert 4 <= pd.steps <= 6 and monitor.epsilon_person <= 3.0  # noise chosen for 5 steps, then stopped
+    assert monitor.stopping_reason == "privacy_budget" and "epsilon_person" in monitor.stopping_reason_message
+    dm2, model2 = _tiny_world()
+    tiny = PrivacyBudgetMonitor(target_epsilon_person=0.01,
+                                make_private={"unit": "identity", "steps": 500, "max_images_per_identity": 2})
+    with pytest.raises(UserError, match=r"out of reach with 12 people and 500 steps.*at most \d+ steps|no number"):
+        _trainer(tmp_path, [tiny], max_steps=40).fit(model2, datamodule=dm2)
