@@ -134,8 +134,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"run: {folder} ({len(audits)} audits, {len(failed)} failed; {span})")
     qkey = decision["quality_metric"]
     auc_col = metric != AUC
+    rule_col = metric + (" (sel.)" if decision["selected_on"].startswith("selection") else "")
     print(f"{'kimg':>10}  " + (f"{AUC:>12}  " if auc_col else "") +
-          f"{metric:>20}  {'AUC 95% CI':>16}  {'p-value':>8}  {(qkey or 'quality'):>18}  decision")
+          f"{rule_col:>20}  {'AUC 95% CI':>16}  {'p-value':>8}  {(qkey or 'quality'):>18}  decision")
     for c in decision["candidates"]:
         m = c.get("metrics") or {}
         ci = f"[{_fmt(m.get(AUC_CI_LOW))}, {_fmt(m.get(AUC_CI_HIGH))}]"
