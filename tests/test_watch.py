@@ -202,3 +202,25 @@ def test_lightning_checkpoints_take_their_own_kimg_and_log_to_wandb(watch_split,
     assert [(r["checkpoint"], r["kimg"]) for r in records] == [("checkpoints/step=000010.ckpt", 0.7),
                                                                ("checkpoints/step=000020.ckpt", 1.5)]
     assert list((run / "wandb").glob("offline-run-*")) and (run / "watch_wandb_id").is_file()
+
+
+def test_logged_quality_from_nvidia_lines_and_named_columns(tmp_path):
+    from gmia_defend.watch.logged_quality import LoggedQuality
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert not LoggedQuality(run).expects_values and LoggedQuality(run).lookup(snapshot_name(40), 40) is None
+    append_fid(run, 40, 12.5)
+    with open(run / "metric-fid50k_full.jsonl", "a") as fh:
+        fh.write('{"results": {"fid50k_full": 9')  # the loop is writing this line right now
+    q = LoggedQuality(run)
+    assert q.expects_values and q.lookup(snapshot_name(40), 40.0) == 12.5 and q.key == "quality/fid"
+    assert q.lookup(snapshot_name(80), 80.0) is None
+    (run / "log.csv").write_text("kimg,fid,is\n0.5,80.0,1.1\n1.0,,1.2\n1.5,60.0,1.3\n")
+    q = LoggedQuality(run, "log.csv", "fid")
+    assert (q.lookup("a.ckpt", 0.5), q.lookup("b.ckpt", 1.0), q.lookup("c.ckpt", 1.5)) == (80.0, None, 60.0)
+    (run / "log.jsonl").write_text('{"checkpoint": "ckpts/g-1.pt", "kid": 0.02}\n')
+    q = LoggedQuality(run, run / "log.jsonl", "kid")
+    assert q.lookup("ckpts/g-1.pt", None) == 0.02 and q.key == "quality/kid"
+    with pytest.raises(Exception, match="--quality-column"):
+        LoggedQuality(run, "log.csv")
