@@ -85,8 +85,8 @@ def test_public_synthetic_identities_are_disjoint_and_recorded(tmp_path: Path) -
     trained = {dm.public_dataset.identities[int(i)] for i in labels}
     assert trained <= public
     saved = json.loads(dm.save_split(tmp_path).read_text())
-    assert saved["meta"]["public"] == sorted(public)
-    assert saved["meta"]["public_dataset"]["identity_offset"] == len(dm.dataset.identities)
+    assert saved["public"] == sorted(public)
+    assert saved["public_dataset"]["identity_offset"] == len(dm.dataset.identities)
     # the same data arguments but training on members: the same split, audited the same way
     members = IdentityDataModule(**SMALL, public_identities=5, public_images_per_identity=6)
     assert members.split_hash() == dm.split_hash()
@@ -106,7 +106,7 @@ def test_public_identities_of_a_folder_and_a_public_folder(tmp_path: Path) -> No
         IdentityDataModule(**folder, public_identities=4).split
     # a public folder whose people include an audited identity is refused, naming it
     other = make_image_tree(tmp_path / "public", identities=12, images=2)
-    with pytest.raises(UserError, match="overlap.*id"):
+    with pytest.raises(UserError, match=r"(?s)bad public identities.*: is a member"):
         IdentityDataModule(**folder, public_folder=str(other)).split
     with pytest.raises(UserError, match="the training dataset itself"):
         IdentityDataModule(**folder, public_folder=str(root)).split

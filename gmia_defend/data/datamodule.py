@@ -306,19 +306,9 @@ class IdentityDataModule(pl.LightningDataModule):
         public, indices = self._public_source(dataset, split)
         names = sorted({public.identities[int(public.targets[i])] for i in indices})
         self._public, self._public_indices = public, indices
-        if public is dataset:
-            return split.with_public(names)  # refuses, naming them, identities the split already uses
-        # public people from another dataset (a disjoint synthetic range, a public folder): the same
-        # disjointness check by name, recorded with that dataset's spec in split.json's meta
-        audited = set(split.members) | set(split.nonmembers)
-        population = {dataset.identity_of_key(k) for k in split.population}
-        overlap = sorted(set(names) & (audited | population))
-        if overlap:
-            raise UserError(f"the public identities overlap the protected or audited ones: {overlap[:10]}; remove "
-                            "them from the public set")
-        import dataclasses
-
-        return dataclasses.replace(split, meta={**split.meta, "public": names, "public_dataset": public.spec()})
+        # refuses, naming them, public identities the split already uses; people from another dataset
+        # (a disjoint synthetic range, a public folder) are recorded with that dataset's spec
+        return split.with_public(names, dataset=None if public is dataset else public.spec())
 
     @property
     def public_identity_names(self) -> list[str]:
