@@ -70,7 +70,7 @@ def _final_state(root: Path) -> dict[str, torch.Tensor]:
     return ckpt["state_dict"]
 
 
-def test_killed_and_resumed_fit_equals_the_uninterrupted_one(tmp_path: Path) -> None:
+def test_killed_and_resumed_fit_equals_the_uninterrupted_one(tmp_path: Path, recwarn) -> None:
     straight = tmp_path / "straight"
     assert main(["--config", str(_config(straight))]) == 0
 
@@ -105,5 +105,6 @@ def test_killed_and_resumed_fit_equals_the_uninterrupted_one(tmp_path: Path) -> 
     assert not differ, f"{len(differ)} of {len(a)} tensors differ after resuming, e.g. {differ[:5]}"
     assert _audits(crashed) == _audits(straight)
     assert len(_audits(straight)) >= 3
+    assert not [w for w in recwarn if "dataloader is not resumable" in str(w.message)]  # it is
     # resuming overwrote last.ckpt instead of writing last-v1.ckpt beside a stale one
     assert not list((crashed / "checkpoints").glob("last-v*.ckpt"))

@@ -136,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # StyleGAN2 checkpoints the state after the batch's updates together with the batch counter,
         # which is what an exact resume needs; Lightning's manual-optimisation advice does not apply
         warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization and every_n_train_steps.*")
+        # IdentityDataModule saves its position in the data order and resumes from it mid-epoch
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
     _save_final_last(cli.trainer)
     return 0
