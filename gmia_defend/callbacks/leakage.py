@@ -123,7 +123,7 @@ class IdentityLeakageMonitor(pl.Callback):
         self._wandb: dict[int, Any] = {}
         self._finished, self._reduced = False, False
         self._fit_start = time.time()
-        self.seconds_spent = 0.0  # wall time inside audits (incl. listeners' checkpoints and outputs), this process
+        self.seconds_spent = 0.0  # wall time in audits, their preparation, listeners and outputs (this process)
 
     # ------------------------------------------------------------------------------- public helpers
     @property
@@ -178,7 +178,9 @@ class IdentityLeakageMonitor(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and self.log is not None:
             self.history = self.log.sync(self.history)
+        t0 = time.perf_counter()
         self.auditor.prepare(pl_module.device)  # references and real statistics now, not in the first audit
+        self.seconds_spent += time.perf_counter() - t0
         if self.audit_at_start and not self._audited_at(self.kimg(pl_module)):
             self._audit(trainer, pl_module, "on_train_start")
 
