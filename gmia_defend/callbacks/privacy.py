@@ -47,6 +47,16 @@ SHUFFLED_REASON = ("batches were drawn by a shuffled (fixed-size) sampler, not b
                    "accountant assumes Poisson sampling, so this epsilon is not a valid bound")
 
 
+def _d_steps_of(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | None:
+    """D steps (one per batch) that ``trainer.max_steps`` allows: it counts G and D optimizer steps."""
+    max_steps = int(getattr(trainer, "max_steps", -1) or -1)
+    if max_steps <= 0:
+        return None
+    hparams = getattr(pl_module, "hparams", None) or {}
+    k = int(hparams.get("d_steps_per_g_step", 1) or 1) if hasattr(hparams, "get") else 1
+    return max(1, (max_steps * k) // (k + 1))  # batches + batches // k = max_steps
+
+
 class PrivacyBudgetMonitor(pl.Callback):
     """Track (epsilon, delta)-DP of a private discriminator, per unit and per person; stop at a target.
 
@@ -66,8 +76,9 @@ class PrivacyBudgetMonitor(pl.Callback):
             ``make_discriminator_private`` are applied at setup, with the trainer's datamodule and this
             ``target_epsilon``: DP from a LightningCLI YAML, e.g. ULS:
             ``make_private: {unit: identity, noise_multiplier: 1.0, max_images_per_identity: 4}``;
-            ELS: ``make_private: {unit: image, steps: 2000}`` with ``target_epsilon_person: 8`` on data
-            capped with ``data.max_images_per_identity: 4``.
+            ELS: ``make_private: {unit: image, target_epsilon_person: 8}`` on data capped with
+            ``data.max_images_per_identity: 4`` (a ``target_epsilon_person`` key here sets the per-person
+            target; without ``steps`` the noise is chosen for the D steps ``trainer.max_steps`` allows).
     """
 
     def __init__(self, target_epsilon: float | None = None, private_d: Any = None,
@@ -128,7 +139,9 @@ class PrivacyBudgetMonitor(pl.Callback):
     @property
     def epsilon_valid(self) -> bool:
         """False when the run's sampling is not the Poisson sampling the accountant assumes."""
-        return self.private_d is None or bool(getattr(self.private_d, "poisson_sampling", True))
+        pd = self.private_d
+        return pd is None or (bool(getattr(pd, "poisson_sampling", True))
+                              and bool(pd.summary().get("epsilon_valid", True)))
 
     def summary(self) -> dict[str, Any]:
         """The guarantee for release.json: epsilon per unit and per person, scheme, meaning, validity."""
@@ -142,8 +155,9 @@ class PrivacyBudgetMonitor(pl.Callback):
         out["people"] = None if info is None else info["people"]
         out["images_per_person_cap"] = None if info is None else info["k"]
         out["epsilon_meaning"] = self._meaning(out, eps_person)
-        out["epsilon_valid"] = self.epsilon_valid
-        out["epsilon_note"] = None if self.epsilon_valid else SHUFFLED_REASON
+        valid = bool(out.get("epsilon_valid", True)) and self.epsilon_valid
+        out["epsilon_valid"] = valid
+        out["epsilon_note"] = None if valid else (out.get("epsilon_note") or SHUFFLED_REASON)
         out["target_epsilon"] = self._effective_target()
         out["target_epsilon_person"] = self.target_epsilon_person
         out["stopping_reason"] = self.stopping_reason
@@ -155,17 +169,22 @@ class PrivacyBudgetMonitor(pl.Callback):
             return None
         eps, delta = out.get("epsilon"), out.get("delta")
         if self.scheme == "uls":
-            return (f"per person: epsilon {eps:.4g} at delta {delta:.3g} (ULS: people Poisson-sampled, each person's "
+            text = (f"per person: epsilon {eps:.4g} at delta {delta:.3g} (ULS: people Poisson-sampled, each person's "
                     "summed gradient clipped; covers all of a person's training images)")
-        text = f"per image: epsilon {eps:.4g} at delta {delta:.3g}"
+        else:
+            text = f"per image: epsilon {eps:.4g} at delta {delta:.3g}" + self._person_text(eps_person)
+        if not self.epsilon_valid:
+            text += "; NOT a valid bound: " + (self.private_d.summary().get("epsilon_note") or SHUFFLED_REASON)
+        return text
+
+    def _person_text(self, eps_person: float | None) -> str:
+        text = ""
         if eps_person is not None:
             info = self._person_info() or {}
             text += (f"; per person: epsilon {eps_person:.4g} at delta {info.get('delta', float('nan')):.3g} (ELS: "
                      f"images Poisson-sampled, at most {info.get('k')} images a person, mixture-of-Gaussians accountant)")
         else:
             text += "; per person: unknown (the training images' identities were not given)"
-        if not self.epsilon_valid:
-            text += "; NOT a valid bound: " + SHUFFLED_REASON
         return text
 
     # ------------------------------------------------------------------ per-person accounting
@@ -266,6 +285,11 @@ class PrivacyBudgetMonitor(pl.Callback):
         from gmia_defend.mitigations.dp import make_discriminator_private
 
         kwargs = dict(self.make_private)
+        if kwargs.get("target_epsilon_person") is not None:  # a sweep sets the per-person target here
+            self.target_epsilon_person = float(kwargs.pop("target_epsilon_person"))
+        kwargs.pop("target_epsilon_person", None)
+        if self.target_epsilon_person is not None and kwargs.get("steps") is None and kwargs.get("epochs") is None:
+            kwargs["steps"] = _d_steps_of(trainer, pl_module)
         if self.target_epsilon is not None:
             kwargs.setdefault("target_epsilon", self.target_epsilon)
         datamodule = getattr(trainer, "datamodule", None)
@@ -283,9 +307,12 @@ class PrivacyBudgetMonitor(pl.Callback):
         from gmia_defend.mitigations.user_level import noise_for_person_target
 
         steps = kwargs.get("steps")
+        if steps is None and kwargs.get("epochs") is not None:
+            raise UserError("target_epsilon_person with make_private counts the training length in D steps: give "
+                            "steps: <D steps> (one per batch) instead of epochs, or give noise_multiplier")
         if steps is None:
             raise UserError("target_epsilon_person with make_private needs the training length to choose the "
-                            "noise: add steps: <D steps> (one per batch) to make_private, or give noise_multiplier")
+                            "noise: set trainer.max_steps or add steps: <D steps> (one per batch) to make_private")
         dm = kwargs.get("datamodule")
         labels = kwargs.get("targets")
         if labels is None and dm is not None:

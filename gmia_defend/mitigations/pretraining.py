@@ -1,0 +1,124 @@
+"""PublicPretraining: pretrain without privacy on public people, then fine-tune (privately) on the members.
+
+DP generators reach a usable quality mainly by starting from a model pretrained on public data
+(DPImageBench; Bie et al. 2023, "Private GANs, revisited"). This callback makes that one fit: at
+setup it trains a copy of the model, without privacy, on the datamodule's public identities
+(``IdentityDataModule(public_identities=N)`` or ``public_folder=PATH``: disjoint from members,
+non-members and population by construction, recorded in split.json), saves G, D and G_ema to
+``checkpoint`` and loads them into the model before its first step. A checkpoint already there is
+reused, so every run of a sweep shares one pretraining (a file lock makes the first run write it
+and the others wait). Public data is outside the guarantee: the fine-tuning's accountant starts at
+zero. The same two phases by hand: fit with ``--data.train_on=public``, then
+``--model.init_from=<its checkpoint>``.
+
+>>> PublicPretraining("runs/pretrained.ckpt", batches=500).batches
+500
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from gmia_defend.errors import UserError
+
+_NETWORKS = ("G", "D", "G_ema")
+
+
+class PublicPretraining(pl.Callback):
+    """Start the model from weights pretrained on the datamodule's public people (trained once, cached).
+
+    Args:
+        checkpoint: where the pretrained weights live (created if missing, reused if present; None:
+            ``pretrained_public.ckpt`` beside the run folder, i.e. shared by the runs of one sweep).
+        batches: pretraining batches (None: as many batches as the fine-tuning's ``trainer.max_steps``).
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike | None = None, batches: int | None = None) -> None:
+        if batches is not None and int(batches) < 1:
+            raise UserError(f"PublicPretraining batches must be >= 1, got {batches}")
+        self.checkpoint = None if checkpoint is None else str(checkpoint)
+        self.batches = None if batches is None else int(batches)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        from gmia_defend.models.stylegan2.pretrained import load_pretrained
+
+        path = (Path(self.checkpoint).expanduser() if self.checkpoint is not None
+                else Path(trainer.default_root_dir).resolve().parent / "pretrained_public.ckpt")
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with _locked(path.with_name(path.name + ".lock")):
+                if not path.is_file():  # another run may have written it while we waited
+                    self._pretrain(trainer, pl_module, path)
+        load_pretrained(pl_module, str(path))
+
+    def _pretrain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: Path) -> None:
+        from gmia_defend.rng import preserved_rng
+
+        dm = getattr(trainer, "datamodule", None)
+        hparams = dict(getattr(dm, "hparams", {}) or {})
+        if dm is None or not (hparams.get("public_identities") or hparams.get("public_folder")):
+            raise UserError("PublicPretraining needs public people: set data.public_identities=N (synthetic "
+                            "identities outside the split) or data.public_folder=PATH")
+        batches = self.batches or _batches_of(trainer, pl_module)
+        public = type(dm)(**{**_own_args(type(dm), hparams), "train_on": "public"})
+        model = type(pl_module)(**{**_own_args(type(pl_module), dict(pl_module.hparams)), "init_from": None})
+        accelerator = "gpu" if trainer.strategy.root_device.type == "cuda" else "cpu"
+        inner = pl.Trainer(accelerator=accelerator, devices=1, max_steps=2 * batches, max_epochs=-1, logger=False,
+                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                           num_sanity_val_steps=0, callbacks=[], default_root_dir=str(path.parent))
+        with preserved_rng():
+            inner.fit(model, datamodule=public)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k.split(".", 1)[0] in _NETWORKS}
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"state_dict": state, "pretrained_batches": batches}, tmp)
+        os.replace(tmp, path)
+
+
+def _own_args(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
+    """The saved hyper-parameters that ``cls`` takes (LightningCLI adds bookkeeping keys)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return {k: v for k, v in hparams.items() if not k.startswith("_")}
+    return {k: v for k, v in hparams.items() if k in params}
+
+
+def _batches_of(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+    max_steps = int(getattr(trainer, "max_steps", -1) or -1)
+    if max_steps <= 0:
+        raise UserError("PublicPretraining(batches=None) takes the fine-tuning's length from trainer.max_steps; "
+                        "set one of them")
+    k = int(dict(pl_module.hparams).get("d_steps_per_g_step", 1) or 1)
+    return max(1, (max_steps * k) // (k + 1))
+
+
+class _locked:
+    """An exclusive file lock (fcntl) held for a ``with`` block; a no-op where fcntl is missing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: Any = None
+
+    def __enter__(self) -> "_locked":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: runs of a local sweep are sequential anyway
+            return self
+        self.fd = open(self.path, "w")
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self.fd.close()
