@@ -61,7 +61,8 @@ def test_readme_plain_loop_recipe_runs(cb_world, tmp_path, monkeypatch):
 @pytest.mark.parametrize("module", ["gmia_defend.audit.record", "gmia_defend.audit.policies",
                                     "gmia_defend.audit.log", "gmia_defend.audit.auditor",
                                     "gmia_defend.audit.artifact", "gmia_defend.callbacks.leakage",
-                                    "gmia_defend.callbacks.early_stopping", "gmia_defend.callbacks.release"])
+                                    "gmia_defend.callbacks.early_stopping", "gmia_defend.callbacks.release",
+                                    "gmia_defend.report.pseudonyms"])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -74,6 +74,9 @@ class Auditor:
             ``seed``, stratified by membership) and record ``selection/...`` / ``confirmation/...``.
         progress: progress bar during the attack.
         attack_options: extra ``IdentityMembershipAttack`` arguments (``score``, ``top_k``, ...).
+
+    >>> Auditor("synthetic", audit=None, num_samples=1000).num_samples  # nothing is loaded before the first audit
+    1000
     """
 
     def __init__(self, embedder: Any, audit: Any, num_samples: int = 5000, batch_size: int = 256, seed: int = 0,

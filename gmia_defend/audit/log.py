@@ -66,6 +66,11 @@ class AuditLog:
         pseudonym_key: the key (default: ``$GMIA_PSEUDONYM_KEY``, else ``<run_dir>/pseudonym_key``).
         evidence: write the evidence grid of each audit to ``evidence/kimg=<kimg>.png``.
         write: False on processes that must not write (DDP ranks other than 0).
+
+    >>> import tempfile
+    >>> log = AuditLog(tempfile.mkdtemp(), pseudonymize=False)
+    >>> log.append(AuditRecord(kimg=2.0, metrics={"leakage/auc": 0.5})).kimg, log.pseudonym("bob")
+    (2.0, 'bob')
     """
 
     def __init__(self, run_dir: str | Path, pseudonymize: bool = True, pseudonym_key: str | bytes | None = None,

@@ -97,6 +97,10 @@ class AuditRecord:
     per-identity table (real names: it stays in the local run folder); ``error`` is set instead of
     metrics when the audit failed. ``extra`` keeps fields this version does not know, so reading
     and writing a line never drops anything.
+
+    >>> r = AuditRecord.from_json({"kimg": 4.0, "metrics": {"leakage/auc": 0.58}, "custom": 1})
+    >>> r.metric(AUC), r.extra, r["kimg"]
+    (0.58, {'custom': 1}, 4.0)
     """
 
     kimg: float

@@ -56,7 +56,13 @@ def resolve_key(key: str | bytes | None = None, run_dir: str | Path | None = Non
 
 
 class Pseudonymizer:
-    """Maps identity names to stable keyed pseudonyms and remembers the mapping for the local report."""
+    """Maps identity names to stable keyed pseudonyms and remembers the mapping for the local report.
+
+    >>> p = Pseudonymizer(key="secret")
+    >>> alias = p("alice")
+    >>> alias.startswith("id-") and alias == p("alice") and p.mapping[alias] == "alice"
+    True
+    """
 
     def __init__(self, key: str | bytes | None = None, run_dir: str | Path | None = None,
                  enabled: bool = True) -> None:
