@@ -181,3 +181,13 @@ def test_audit_set_from_photos_reports_skips_and_keeps_counts(photos, detector):
     assert audit.nonmember_identities == ["carol", "erin"]
     assert audit.train_counts == {"alice": 40, "bob": 3}
     assert [s.path for s in audit.skipped_photos] == [photos["blank"], photos["blank"]]
+
+
+def test_audit_set_from_photos_equalises_reference_counts(photos, detector):
+    from gmia_defend.data import AuditSet
+
+    members = {"alice": [photos["hopper"], photos["rotated"]], "bob": [photos["rotated"]]}
+    nonmembers = {"carol": [photos["hopper"]], "erin": [photos["rotated"]]}
+    with pytest.warns(UserWarning, match="subsampled to 1"):
+        audit = AuditSet.from_photos(members, nonmembers, target="dlib", detector=detector)
+    assert audit.reference_counts() == [1, 1, 1, 1]
