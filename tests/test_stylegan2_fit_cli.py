@@ -35,7 +35,8 @@ def test_help_lists_model_data_and_trainer_options(capsys):
     out = capsys.readouterr().out
     for option in ("--config", "--ckpt_path", "--torch_threads", "--model.r1_gamma", "--model.dp_compatible", "--model.augment_p",
                    "--model.ema_kimg", "--data.num_members", "--data.batch_size", "--trainer.max_steps",
-                   "--trainer.precision", "--trainer.default_root_dir"):
+                   "--trainer.precision", "--trainer.default_root_dir", "--model.init_from", "--model.rng_seed",
+                   "--model.d_steps_per_g_step", "--data.train_on", "--data.public_identities", "--data.public_folder"):
         assert option in out, option
 
 
