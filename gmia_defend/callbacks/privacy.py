@@ -81,6 +81,9 @@ class PrivacyBudgetMonitor(pl.Callback):
             target; without ``steps`` the noise is chosen for the D steps ``trainer.max_steps`` allows).
     """
 
+    #: other callbacks find it by this attribute (no import) and call ``summary()`` for release.json
+    emits_privacy_summary = True
+
     def __init__(self, target_epsilon: float | None = None, private_d: Any = None,
                  log_every_n_steps: int | None = None, run_dir: str | Path | None = None,
                  make_private: dict[str, Any] | None = None, target_epsilon_person: float | None = None) -> None:
