@@ -80,7 +80,9 @@ def test_a_failing_builder_still_restores_rng():
 @pytest.mark.parametrize("module", ["gmia_defend.embedders.base", "gmia_defend.embedders.trained",
                                     "gmia_defend.embedders.pixels", "gmia_defend.embedders.registry",
                                     "gmia_defend.embedders.facenet", "gmia_defend.embedders.dlib",
-                                    "gmia_defend.attack.generators"])
+                                    "gmia_defend.attack.generators", "gmia_defend.attack.generator_loading",
+                                    "gmia_defend.watch.snapshots", "gmia_defend.watch.logged_quality",
+                                    "gmia_defend.watch.runner"])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
