@@ -67,3 +67,20 @@ def test_covered_epsilon_with_private_selection_is_refused(world_with_population
     with pytest.raises(UserError, match="quality_reference='population'"):
         _fit(world_with_population, tmp_path / "b", {},
              ReleaseCheckpointSelector(require_covered_epsilon=True, use_leakage=False))
+
+
+def test_quality_reference_from_a_folder_of_public_images(world_with_population, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from gmia_defend.callbacks._real_images import real_images_for
+
+    rng = np.random.default_rng(0)
+    for person in ("public-a", "public-b"):
+        (tmp_path / "public" / person).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "public" / person / f"{i}.png")
+    images = real_images_for(str(tmp_path / "public"), None, 4, 0, lambda: world_with_population.audit)
+    assert images.shape == (4, 3, CB_RES, CB_RES) and images.min() >= -1 and images.max() <= 1
+    with pytest.raises(UserError, match="quality_reference"):
+        IdentityLeakageMonitor(quality_reference=str(tmp_path / "missing"))
