@@ -40,8 +40,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 FULL = dict(people=2000, heavy=32, heavy_images=300, light_images=2, nonmembers=128, population=64, refs=5,
-            public_people=2000, public_images=4, pretrain_batches=800, finetune_batches=600, batch=32,
-            k=4, samples=3000, real_fd_images=4000, epsilons=[2.0, 4.0, 8.0], scratch_epsilon=8.0,
+            public_people=2000, public_images=4, pretrain_batches=500, finetune_batches=400, batch=32,
+            k=4, samples=2000, real_fd_images=4000, epsilons=[2.0, 4.0, 8.0], scratch_epsilon=8.0,
             max_grad_norm=1.0)
 QUICK = dict(people=40, heavy=4, heavy_images=12, light_images=2, nonmembers=8, population=8, refs=3,
              public_people=40, public_images=2, pretrain_batches=3, finetune_batches=3, batch=8,
