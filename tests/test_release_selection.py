@@ -16,7 +16,15 @@ from gmia_defend.errors import UserError
 
 
 class _Epsilon(pl.Callback):
-    """Stands in for PrivacyBudgetMonitor: publishes privacy/epsilon through trainer.callback_metrics."""
+    """Stands in for PrivacyBudgetMonitor: publishes privacy/epsilon through trainer.callback_metrics and says
+    what it means through ``summary()`` (found by ``emits_privacy_summary``)."""
+
+    emits_privacy_summary = True
+    valid = True
+
+    def summary(self):
+        return {"unit": "identity", "scheme": "uls", "epsilon_meaning": "per person: ...",
+                "epsilon_valid": self.valid, "epsilon_note": None if self.valid else "shuffled sampling"}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         pl_module.log("privacy/epsilon", 0.1 * (trainer.global_step // 2), on_step=True, on_epoch=False,
@@ -59,6 +67,7 @@ def test_private_selection_is_not_covered_and_public_selection_is(world_with_pop
     assert public["selection_uses_private_data"] is False and public["epsilon_covers_selection"] is True
     assert "leakage is reported but not used" in public["rule"]
     assert public["reported"]["leakage/auc"] is not None  # leakage still reported, from the confirmation half
+    assert public["privacy"]["unit"] == "identity" and public["privacy"]["epsilon_meaning"] == "per person: ..."
 
 
 def test_covered_epsilon_with_private_selection_is_refused(world_with_population, tmp_path):

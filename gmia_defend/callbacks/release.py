@@ -164,9 +164,29 @@ class ReleaseCheckpointSelector(pl.Callback):
                         if getattr(cb, "stopped_kimg", None) is not None), None)
         decision.update(selection_privacy(self.rule, decision["quality_metric"], reference, decision["epsilon"],
                                           stopped))
+        privacy = self._privacy_summary(trainer)
+        if privacy is not None:
+            decision["privacy"] = privacy  # per image or per person, the scheme, and whether epsilon is valid
+            if privacy.get("epsilon_valid") is False:
+                decision["epsilon_covers_selection"] = False
+                decision["epsilon_covers_selection_reason"] = f"epsilon is not a valid bound: {privacy.get('epsilon_note')}"
         decision["options"] = {**asdict(self.rule), "keep_candidates": self.keep_candidates}
         decision["release_checkpoint"] = RELEASE_CKPT if decision["chosen"] is not None else None
         return decision
+
+    @staticmethod
+    def _privacy_summary(trainer: pl.Trainer | None) -> dict | None:
+        """What a privacy monitor (found by its ``emits_privacy_summary`` attribute) says epsilon means."""
+        for cb in getattr(trainer, "callbacks", None) or []:
+            if getattr(cb, "emits_privacy_summary", False) and callable(getattr(cb, "summary", None)):
+                try:
+                    summary = cb.summary()
+                except Exception as err:  # noqa: BLE001 - the release must still be written
+                    rank_zero_warn(f"could not read the privacy summary: {err}")
+                    return None
+                keys = ("unit", "scheme", "epsilon_meaning", "epsilon_valid", "epsilon_note")
+                return {k: summary.get(k) for k in keys}
+        return None
 
     def _exists(self, checkpoint: str) -> bool:
         path = Path(checkpoint)
