@@ -154,6 +154,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"reported for the release ({decision['selected_on']} chose it): AUC {_fmt(rep.get(AUC))} "
               f"[{_fmt(rep.get(AUC_CI_LOW))}, {_fmt(rep.get(AUC_CI_HIGH))}]"
               + (f" on the confirmation half; selection half {_fmt(sel.get(AUC))}" if sel else ""))
+    privacy = previous.get("privacy") or {}
+    if previous.get("epsilon") is not None or privacy:
+        meaning = privacy.get("epsilon_meaning") or f"epsilon {_fmt(previous.get('epsilon'))}"
+        bound = previous.get("epsilon_lower_bound")
+        print(f"privacy (from the run's release.json): {meaning}"
+              + (f"; the attack proves at least epsilon {_fmt(bound)}" if bound is not None else "")
+              + ("" if privacy.get("epsilon_valid", True) else f"; NOT a valid bound: {privacy.get('epsilon_note')}"))
+        if "epsilon_covers_selection" in previous:
+            print(f"epsilon covers the choice of checkpoint: {str(previous['epsilon_covers_selection']).lower()} "
+                  f"({previous.get('epsilon_covers_selection_reason')})")
     if previous and previous.get("released") is not None:
         same = (previous.get("chosen") or {}).get("kimg") == (chosen or {}).get("kimg")
         if not same:
