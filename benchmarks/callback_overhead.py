@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -75,24 +76,36 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=DEMO_NUM_SAMPLES)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-fit", action="store_true", help="only the shared-sampling measurement")
+    parser.add_argument("--skip-without", action="store_true",
+                        help="only the fit with the monitor (the accounted ratio needs no second fit; for busy machines)")
     args = parser.parse_args()
 
     root = Path(args.out or tempfile.mkdtemp(prefix="gmia-overhead-"))
     embedder = load_embedder("synthetic")
     result: dict = {"num_samples": args.num_samples, "every_n_kimg": args.every_n_kimg}
     if not args.skip_fit:
-        without, _ = _fit_seconds(root / "without", embedder, False, args.max_steps, args.every_n_kimg,
-                                  args.num_samples)
+        without = math.nan
+        if not args.skip_without:
+            without, _ = _fit_seconds(root / "without", embedder, False, args.max_steps, args.every_n_kimg,
+                                      args.num_samples)
         with_, demo = _fit_seconds(root / "with", embedder, True, args.max_steps, args.every_n_kimg,
                                    args.num_samples)
         audits = demo.monitor.history
         spent = demo.monitor.seconds_spent  # audits + their checkpoints, plots and records
+        kimg = audits[-1].kimg if audits else math.nan
+        # the same per-audit cost and per-kimg training time at the full demo length (40 kimg, an audit every
+        # every_n_kimg plus one at the start): what a shortened run measures, projected to the demo
+        per_audit, train_per_kimg = spent / max(len(audits), 1), (with_ - spent) / kimg if kimg else math.nan
+        demo_audits = int(40.0 // args.every_n_kimg) + 1
+        result["monitor_overhead_ratio_accounted_projected_40kimg"] = round(
+            1 + demo_audits * per_audit / (40.0 * train_per_kimg), 4) if kimg else None
         result.update({"train_s_without": round(without, 2), "train_s_with": round(with_, 2),
                        "monitor_overhead_ratio": round(with_ / without, 4), "audits": len(audits),
                        "audit_s_total": round(sum(r.audit_s or 0.0 for r in audits), 2),
                        "callback_s_total": round(spent, 2),
                        "monitor_overhead_ratio_accounted": round(with_ / (with_ - spent), 4),
-                       "kimg": audits[-1].kimg if audits else None})
+                       "kimg": kimg, "seconds_per_audit": round(per_audit, 2),
+                       "train_s_per_kimg": round(train_per_kimg, 2)})
         model, datamodule = demo.model, demo.datamodule
     else:
         from gmia_defend.commands.demo import build_demo
@@ -104,6 +117,9 @@ def main() -> None:
     train = datamodule.train_dataset
     real = torch.stack([train[i][0] for i in range(min(len(train), args.num_samples))])
     shared, separate = [], []
+    if args.repeats < 1:
+        print(json.dumps(result))
+        return
     for _ in range(args.repeats):
         shared.append(_audit_seconds(generator, embedder, datamodule.audit_set, real, args.num_samples, True))
         separate.append(_audit_seconds(generator, embedder, datamodule.audit_set, real, args.num_samples, False))
