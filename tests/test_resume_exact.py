@@ -70,9 +70,28 @@ def _final_state(root: Path) -> dict[str, torch.Tensor]:
     return ckpt["state_dict"]
 
 
-def test_killed_and_resumed_fit_equals_the_uninterrupted_one(tmp_path: Path, recwarn) -> None:
-    straight = tmp_path / "straight"
-    assert main(["--config", str(_config(straight))]) == 0
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """The uninterrupted run."""
+    root = tmp_path_factory.mktemp("runs") / "straight"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--config", str(_config(root))]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
+def _assert_same_run(a_root: Path, b_root: Path) -> None:
+    a, b = _final_state(a_root), _final_state(b_root)
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} of {len(a)} tensors differ after resuming, e.g. {differ[:5]}"
+    assert _audits(b_root) == _audits(a_root)
+    assert len(_audits(a_root)) >= 3
+
+
+def test_killed_and_resumed_fit_equals_the_uninterrupted_one(tmp_path: Path, straight: Path, recwarn) -> None:
 
     crashed = tmp_path / "crashed"
     config = _config(crashed)
@@ -99,12 +118,16 @@ def test_killed_and_resumed_fit_equals_the_uninterrupted_one(tmp_path: Path, rec
 
     assert main(["--config", str(config), "--ckpt_path", str(checkpoint)]) == 0
 
-    a, b = _final_state(straight), _final_state(crashed)
-    assert a.keys() == b.keys()
-    differ = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not differ, f"{len(differ)} of {len(a)} tensors differ after resuming, e.g. {differ[:5]}"
-    assert _audits(crashed) == _audits(straight)
-    assert len(_audits(straight)) >= 3
+    _assert_same_run(straight, crashed)
     assert not [w for w in recwarn if "dataloader is not resumable" in str(w.message)]  # it is
     # resuming overwrote last.ckpt instead of writing last-v1.ckpt beside a stale one
     assert not list((crashed / "checkpoints").glob("last-v*.ckpt"))
+
+
+def test_a_finished_run_trained_further_from_last_equals_one_long_run(tmp_path: Path, straight: Path) -> None:
+    """A fit that ended mid-epoch (max_steps), continued with --ckpt_path last and a larger max_steps."""
+    short = tmp_path / "short"
+    config = _config(short)
+    assert main(["--config", str(config), "--trainer.max_steps", "10"]) == 0  # 5 of the epoch's 6 batches
+    assert main(["--config", str(config), "--ckpt_path", "last"]) == 0
+    _assert_same_run(straight, short)

@@ -45,6 +45,27 @@ def _cli_classes():
             text = self.parser.dump(self.config)
             write_text_atomic(Path(trainer.default_root_dir) / self.config_filename, text)
 
+    class FinalLastCheckpoint(pl.Callback):
+        """Write ``last.ckpt`` after the batch that reaches ``max_steps`` when no checkpoint falls on it.
+
+        Saved from the batch end, like ModelCheckpoint's own step checkpoints, so ``--ckpt_path last``
+        with a larger ``max_steps`` continues exactly where this run stopped (a checkpoint written after
+        fit() returns would count the unfinished epoch as done, and skip the rest of it). A pretraining
+        run of any length can be handed to ``--model.init_from .../last.ckpt``.
+        """
+
+        def __init__(self, checkpoint: ModelCheckpoint) -> None:
+            self.checkpoint = checkpoint
+
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+            every = getattr(self.checkpoint, "_every_n_train_steps", 0) or 0
+            step = trainer.global_step
+            if trainer.max_steps is None or trainer.max_steps < 0 or step < trainer.max_steps:
+                return
+            if every and step % every == 0:
+                return  # ModelCheckpoint saves this step (last.ckpt included) right after this hook
+            trainer.save_checkpoint(str(Path(self.checkpoint.dirpath) / "last.ckpt"))
+
     class FitCLI(LightningCLI):
         """LightningCLI without subcommands (``fit`` is implied), defaults that keep a run in one folder."""
 
@@ -92,6 +113,9 @@ def _cli_classes():
                     # a resumed run continues the same files: last.ckpt, not last-v1.ckpt beside a stale
                     # last.ckpt that the next --ckpt_path last would pick up
                     cb._enable_version_counter = False
+            last = next((cb for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.save_last), None)
+            if last is not None and not any(isinstance(cb, FinalLastCheckpoint) for cb in callbacks):
+                callbacks.append(FinalLastCheckpoint(last))
             config["callbacks"] = callbacks
             return super().instantiate_trainer(**kwargs)
 
@@ -139,22 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # IdentityDataModule saves its position in the data order and resumes from it mid-epoch
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
-    _save_final_last(cli.trainer)
     return 0
-
-
-def _save_final_last(trainer: Any) -> None:
-    """``last.ckpt`` holds the end of training, also when it ended between two checkpoint steps (a
-    pretraining run handed to ``--model.init_from``, or ``--ckpt_path last`` to train further)."""
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
-    for cb in trainer.checkpoint_callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath and not trainer.interrupted:
-            path = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
-            saved_step = getattr(cb, "_last_global_step_saved", -1)
-            if saved_step != trainer.global_step or not path.is_file():
-                trainer.save_checkpoint(str(path))
-            return
 
 
 def _keep_previous_metrics(root: Path) -> None:
