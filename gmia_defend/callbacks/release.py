@@ -118,6 +118,8 @@ class ReleaseCheckpointSelector(pl.Callback):
                 self._save(pl_module, record, path)
         else:
             self.records[-1].checkpoint = None
+            if trainer.is_global_zero:
+                path.unlink(missing_ok=True)  # e.g. left by an interrupted run before a resume
         for r in self.records:
             if r.checkpoint and r.kimg not in keep:
                 if trainer.is_global_zero:
