@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
         # StyleGAN2 checkpoints the state after the batch's updates together with the batch counter,
         # which is what an exact resume needs; Lightning's manual-optimisation advice does not apply
-        warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization and every_n_train_steps.*")
+        warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization and every_n_train_steps")
         # IdentityDataModule saves its position in the data order and resumes from it mid-epoch
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)

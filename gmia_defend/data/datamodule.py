@@ -278,7 +278,8 @@ class IdentityDataModule(pl.LightningDataModule):
         if self.public_folder:
             from gmia_defend.data.folder import IdentityImageFolder
 
-            if self.dataset_arg != "synthetic" and Path(self.public_folder).resolve() == Path(self.dataset_arg).resolve():
+            same = Path(self.public_folder).resolve() == Path(self.dataset_arg).resolve()
+            if self.dataset_arg != "synthetic" and same:
                 raise UserError("data.public_folder is the training dataset itself; name a folder of other people")
             public = IdentityImageFolder(self.public_folder, resolution=self.resolution)
             return public, list(range(len(public)))
