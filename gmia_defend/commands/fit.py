@@ -64,7 +64,7 @@ def _cli_classes():
                 return
             if every and step % every == 0:
                 return  # ModelCheckpoint saves this step (last.ckpt included) right after this hook
-            trainer.save_checkpoint(str(Path(self.checkpoint.dirpath) / "last.ckpt"))
+            trainer.save_checkpoint(str(Path(self.checkpoint.dirpath) / "last.ckpt"), weights_only=False)
 
     class FitCLI(LightningCLI):
         """LightningCLI without subcommands (``fit`` is implied), defaults that keep a run in one folder."""
@@ -140,7 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gmia_defend.data import IdentityDataModule
     from gmia_defend.models import StyleGAN2
 
+    from gmia_defend.commands.demo import quiet_console
+
     argv = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
+    quiet_console()  # no Lightning tips or warnings that this command's own configuration causes
     FitCLI, RunFolderConfig = _cli_classes()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
