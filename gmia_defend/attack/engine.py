@@ -59,7 +59,7 @@ class IdentityMembershipAttack:
     bootstrap interval), ``n_permutations`` (permutation p-value and null band; 0 = normal
     Mann-Whitney approximation), ``delta`` (of the epsilon lower bound; default 1e-5).
 
-    Example (an untrained generator leaks nobody: its p-value is large):
+    Example (an untrained generator; every audit reports the p-value and null band):
 
     >>> import torch
     >>> from gmia_defend.data import SyntheticFaces, IdentitySplit, AuditSet
