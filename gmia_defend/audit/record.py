@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping
 
 SCHEMA_VERSION = 2
@@ -146,23 +146,24 @@ class AuditRecord:
 
     # dict-style access, so listeners written for the plain-dict records keep working
     def get(self, key: str, default: Any = None) -> Any:
-        data = self.to_json()
-        return data.get(key, default)
+        if key in _FIELDS:
+            return getattr(self, key)
+        return self.extra.get(key, default)
 
     def keys(self) -> Any:
         return self.to_json().keys()
 
     def __getitem__(self, key: str) -> Any:
-        data = self.to_json()
-        if key not in data:
-            raise KeyError(key)
-        return data[key]
+        if key in _FIELDS:
+            return getattr(self, key)
+        return self.extra[key]
 
     # ------------------------------------------------------------------------------ JSON
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN stays NaN here; ``gmia_defend.io`` writes it as null)."""
-        data = asdict(self)
-        extra = data.pop("extra")
+        data = {name: getattr(self, name) for name in _FIELDS}  # shallow: identity tables are not copied
+        data["metrics"], data["identities"] = dict(self.metrics), list(self.identities)
+        extra = dict(self.extra)
         if self.error:
             data.pop("metrics")  # a failed audit measured nothing
             data.pop("identities")
@@ -193,7 +194,10 @@ class AuditRecord:
 
     def summary(self) -> "AuditRecord":
         """This record without the per-identity table (what checkpoints keep: no identity names)."""
-        return AuditRecord.from_json({**self.to_json(), "identities": []})
+        return replace(self, identities=[], metrics=dict(self.metrics), extra=dict(self.extra))
+
+
+_FIELDS = tuple(f.name for f in fields(AuditRecord) if f.name != "extra")
 
 
 def as_records(records: Iterable[Any]) -> list[AuditRecord]:

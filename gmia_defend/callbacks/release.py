@@ -107,10 +107,10 @@ class ReleaseCheckpointSelector(pl.Callback):
         if self.run_dir_arg is None and getattr(record, "run_dir", None) is not None:
             self.run_dir = Path(record.run_dir)
         assert self.run_dir is not None
-        summary = AuditRecord.from_json(dict(record) if not isinstance(record, AuditRecord) else record.to_json())
+        summary = (record if isinstance(record, AuditRecord) else AuditRecord.from_json(dict(record))).summary()
         path = self.run_dir / "audits" / f"kimg={kimg_tag(summary.kimg)}.ckpt"
         summary.checkpoint = str(path.relative_to(self.run_dir))
-        self.records.append(summary.summary())
+        self.records.append(summary)
         keep = kept_candidates(self.records, self.rule, self.keep_candidates)
         if summary.kimg in keep:
             record.checkpoint = summary.checkpoint  # the monitor writes the record after the listeners
@@ -153,7 +153,7 @@ class ReleaseCheckpointSelector(pl.Callback):
         """The release decision for these records (``select_release`` plus epsilon and what it covers)."""
         present = []
         for r in history:
-            copy = AuditRecord.from_json(r.to_json())
+            copy = r.summary()
             if copy.checkpoint and not self._exists(copy.checkpoint):
                 copy.checkpoint = None  # only files that exist can be released
             present.append(copy)
