@@ -82,7 +82,7 @@ def test_a_failing_builder_still_restores_rng():
                                     "gmia_defend.embedders.facenet", "gmia_defend.embedders.dlib",
                                     "gmia_defend.attack.generators", "gmia_defend.attack.generator_loading",
                                     "gmia_defend.watch.snapshots", "gmia_defend.watch.logged_quality",
-                                    "gmia_defend.watch.runner"])
+                                    "gmia_defend.watch.runner", "gmia_defend.watch.signals"])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0

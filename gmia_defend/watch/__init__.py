@@ -10,7 +10,7 @@ from gmia_defend._lazy import lazy_exports
 _EXPORTS = {
     "Watcher": "runner",
     "WatchOptions": "runner",
-    "combine_classes": "runner",
+    "combine_classes": "classes",
     "find_snapshots": "snapshots",
     "Snapshot": "snapshots",
     "StabilityTracker": "snapshots",

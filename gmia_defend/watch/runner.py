@@ -21,24 +21,24 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from gmia_defend.attack.generator_loading import (CorruptSnapshotError, SnapshotGenerator, num_classes,
                                                   read_generator_file)
 from gmia_defend.audit.log import AuditLog
 from gmia_defend.audit.policies import ReleaseRule
-from gmia_defend.audit.record import NULL_AUC_LOW, WORST_IS_MIN, AuditRecord
+from gmia_defend.audit.record import AuditRecord
 from gmia_defend.errors import GeneratorError, UserError
+from gmia_defend.watch.classes import combine_classes
 from gmia_defend.watch.outputs import update_figures, update_release
+from gmia_defend.watch.signals import InterruptGuard
 from gmia_defend.watch.snapshots import DEFAULT_PATTERNS, Snapshot, StabilityTracker, describe_patterns, find_snapshots
 
-__all__ = ["WatchOptions", "Watcher", "combine_classes"]
+__all__ = ["WatchOptions", "Watcher"]
 
 
 @dataclass
@@ -85,8 +85,7 @@ class Watcher:
         self._ready_since: dict[str, float] = {}
         self._done: set[str] | None = None
         self._ordinal_warned = False
-        self._critical = False
-        self._stop = False
+        self.guard = InterruptGuard()
 
     # ------------------------------------------------------------------------------ state
     def done(self) -> set[str]:
@@ -123,7 +122,7 @@ class Watcher:
             raise UserError(f"run folder not found: {self.run_dir}; pass the folder the training loop writes "
                             "snapshots into")
         self._repair_torn_tail()
-        with self._signals():
+        with self.guard.installed():
             try:
                 return self._loop()
             except KeyboardInterrupt:
@@ -173,7 +172,10 @@ class Watcher:
     def poll(self) -> bool:
         """Audit every pending snapshot that is ready, in order; stops at the first that is not. True if any."""
         progressed = False
-        for snap in self.pending():
+        pending = self.pending()
+        for snap in pending[1:]:  # start the settle clock of every new file, not only the next one
+            self.tracker.ready(snap.path)
+        for snap in pending:
             if not self.tracker.ready(snap.path):
                 break
             failure = self.failures.get(snap.name)
@@ -277,7 +279,7 @@ class Watcher:
             return record
         if self.opts.class_index == "all":
             for k, r in enumerate(records):
-                with self._critical_section():
+                with self.guard.critical():
                     AuditLog(self.run_dir / f"class-{k}", pseudonymize=self.log.pseudonymize).append(r, None)
             record = combine_classes(records)
         else:
@@ -301,7 +303,7 @@ class Watcher:
             self.echo(f"watch: warning: skipping {snap.name} for now, will retry once: {err}")
 
     def _append(self, record: AuditRecord, result: Any) -> None:
-        with self._critical_section():
+        with self.guard.critical():
             self.log.append(record, result)
             self.done().add(str(record.checkpoint))
 
@@ -320,60 +322,3 @@ class Watcher:
             evidence = self.run_dir / record.evidence if record.evidence else None
             self.wandb.audit(record, records, self.log.pseudonym, evidence, metric, decision.get("quality_metric"))
             self.wandb.release(decision)
-
-    # ------------------------------------------------------------------------------ signals
-    @contextlib.contextmanager
-    def _critical_section(self) -> Iterator[None]:
-        self._critical = True
-        try:
-            yield
-        finally:
-            self._critical = False
-        if self._stop:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def _signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            self._stop = True
-            if not self._critical:
-                raise KeyboardInterrupt
-
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-
-def combine_classes(records: Sequence[AuditRecord]) -> AuditRecord:
-    """One record per snapshot of a conditional generator audited per class: the worst class on every key.
-
-    Leakage and quality figures take the worst class (largest value; the smallest p-value and null
-    band bottom); the per-class figures stay in ``extra["classes"]`` and in ``class-<k>/audits.jsonl``.
-    """
-    first = records[0]
-    keys = {k for r in records for k in r.metrics}
-    metrics: dict[str, float] = {}
-    for key in keys:
-        base = key.split("/", 1)[1] if key.startswith(("selection/", "confirmation/")) else key
-        values = [r.metric(key) for r in records if math.isfinite(r.metric(key))]
-        if not values:
-            metrics[key] = math.nan
-        elif base in WORST_IS_MIN or base == NULL_AUC_LOW:
-            metrics[key] = min(values)
-        elif base.startswith(("leakage/", "quality/")):
-            metrics[key] = max(values)
-        else:
-            metrics[key] = values[0]
-    classes = {str(r.extra.get("class_index", i)): {k: v for k, v in r.metrics.items() if k.startswith("leakage/")}
-               for i, r in enumerate(records)}
-    return AuditRecord(kimg=first.kimg, step=first.step, metrics=metrics, checkpoint=first.checkpoint, hook="watch",
-                       num_samples=first.num_samples, embedder=first.embedder, time=time.time(),
-                       audit_s=sum(r.audit_s or 0.0 for r in records),
-                       extra={"class_index": "all", "classes": classes})
