@@ -139,3 +139,19 @@ def test_uint8_quantisation_rounds_reals_and_fakes_alike():
     fake = real + 0.49 / 127.5  # just under half a level above: rounds back down, truncation would not
     fake_down = real - 0.49 / 127.5
     assert torch.equal(to_uint8(fake), levels) and torch.equal(to_uint8(fake_down), levels)
+
+
+def test_gaussian_stats_reduce_through_torchmetrics_sum():
+    import torch
+
+    from gmia_defend.quality.frechet import GaussianStats, metric_sum
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(30, 3, generator=g)
+    whole, a, b = GaussianStats(3), GaussianStats(3), GaussianStats(3)
+    whole.update(feats)
+    a.update(feats[:12])
+    b.update(feats[12:])
+    other = torch.cat([b.n.reshape(1), b.sum, b.outer.reshape(-1)])
+    a.reduce(metric_sum(dist_sync_fn=lambda t, group=None: [t, other], distributed_available=lambda: True))
+    assert torch.allclose(a.outer, whole.outer) and torch.allclose(a.sum, whole.sum) and float(a.n) == 30

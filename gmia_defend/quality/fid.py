@@ -152,8 +152,11 @@ class FrechetQuality:
         """Add features already computed by this extractor (e.g. shared with the attack)."""
         self.fake.update(features.cpu())
 
-    def reduce(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Sum the generated statistics over processes (real ones are computed on every process)."""
+    def reduce(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Sum the generated statistics over processes (real ones are computed on every process).
+
+        ``None``: torchmetrics' ``"sum"`` reduction over the default process group (``metric_sum``).
+        """
         self.fake.reduce(reduce_sum)
 
     def compute(self) -> float:

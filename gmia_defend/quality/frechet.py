@@ -6,9 +6,46 @@ computed on different processes merge by addition and the result equals one proc
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+from torchmetrics import Metric
+
+
+class _SumState(Metric):
+    """One tensor summed over processes by torchmetrics (``dist_reduce_fx="sum"``)."""
+
+    full_state_update = False
+
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.add_state("value", default=value.detach().clone(), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor) -> None:  # type: ignore[override]
+        self.value = value.detach().clone()
+
+    def compute(self) -> torch.Tensor:  # type: ignore[override]
+        return self.value
+
+
+def metric_sum(process_group: Any = None, dist_sync_fn: Callable | None = None,
+               distributed_available: Callable[[], bool] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A ``reduce_sum`` for ``GaussianStats.reduce`` through torchmetrics' ``Metric.sync`` (sum over ranks).
+
+    The statistics are three sums, so torchmetrics' ``"sum"`` reduction fits them exactly.
+
+    >>> metric_sum()(torch.tensor([1.0, 2.0])).tolist()  # one process: unchanged
+    [1.0, 2.0]
+    """
+
+    def reduce_sum(packed: torch.Tensor) -> torch.Tensor:
+        state = _SumState(packed)
+        state.update(packed)
+        state.sync(dist_sync_fn=dist_sync_fn, process_group=process_group, should_sync=True,
+                   distributed_available=distributed_available)
+        return state.value
+
+    return reduce_sum
 
 
 class GaussianStats:
@@ -35,8 +72,14 @@ class GaussianStats:
         self.sum += f.sum(0)
         self.outer += f.T @ f
 
-    def reduce(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Replace the sums by ``reduce_sum`` of them (e.g. an all-reduce over processes)."""
+    def reduce(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Replace the sums by ``reduce_sum`` of them (e.g. an all-reduce over processes).
+
+        ``None`` sums over the default process group through a torchmetrics state
+        (``dist_reduce_fx="sum"``, ``metric_sum``); without a process group nothing changes.
+        """
+        if reduce_sum is None:
+            reduce_sum = metric_sum()
         packed = torch.cat([self.n.reshape(1), self.sum, self.outer.reshape(-1)])
         packed = reduce_sum(packed).to(self.sum.device, torch.float64)
         self.n = packed[0].clone()
