@@ -21,8 +21,9 @@ checkpoint of a demo run (``--checkpoint``, ``--split``; skipped when not given)
 default; ``relative_*`` give the same figures for the population-relative score (computed from the
 same runs' identity tables, identity-level interval) so its promotion to default can be judged.
 
-Runtime (2 busy CPU cores, one torch thread, defaults): about 8-10 minutes; ``--quick`` is a
-smoke run. Usage::
+Runtime (one torch thread, defaults): 21 min wall on 2 CPU cores shared with five other jobs (load
+~10); ``--splits 50 --untrained conv`` (a small untrained conv net as the untrained null, about half
+the generation cost) took 20 min there. ``--quick`` is a smoke run. Usage::
 
     python benchmarks/null_calibration.py --checkpoint runs/demo/checkpoints/last.ckpt \\
         --split runs/demo/split.json
