@@ -45,6 +45,12 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
+def _param_order(row: dict[str, Any]) -> tuple:
+    """Sort key of a run by its parameter values, numbers numerically (32 before 96 before 320)."""
+    return tuple((0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, repr(v))
+                 for k, v in sorted(row.items()) if k.startswith("param/"))
+
+
 def constant_param_keys(rows: list[dict[str, Any]]) -> set[str]:
     """``param/...`` keys with one value over all rows (left out of labels); none for a single run."""
     if len({r["run"] for r in rows}) < 2:
@@ -79,7 +85,7 @@ def plot_sweep(rows: list[dict[str, Any]], out_dir: str | Path, leakage_key: str
         by_run[row["run"]].append(row)
     constant = constant_param_keys(rows)
     longest = max((r.get("kimg") or 0) for r in rows)
-    for run, items in sorted(by_run.items()):
+    for run, items in sorted(by_run.items(), key=lambda kv: _param_order(kv[1][0])):
         items.sort(key=lambda r: r.get("kimg") or 0)
         xs = [r.get("kimg") or 0 for r in items]
         stopped = xs[-1] < longest  # this run ended before the others (e.g. early stopping)
