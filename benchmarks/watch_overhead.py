@@ -14,7 +14,8 @@ and real statistics cached by a first audit that is not timed), as in a long run
   a Lightning ``.ckpt``), audit, append, rewrite ``release.json`` and (unless ``--no-figures``) redraw
   the report figures.
 
-Prints one JSON line with the medians and ``watch_vs_monitor_ratio`` (pickle snapshots, figures on;
+Each snapshot is timed on every variant in turn (monitor, watch .pkl, watch .ckpt, watch without
+figures), so the machine's load drifts over all of them alike. Prints one JSON line with the medians and ``watch_vs_monitor_ratio`` (pickle snapshots, figures on;
 target <= 1.2), plus the ``.ckpt`` and no-figures variants.
 """
 
@@ -61,52 +62,53 @@ def _auditor(embedder, audit, real, num_samples: int):
                    real_images=real, attack_options={"n_bootstrap": 1000})
 
 
-def _write_snapshots(run: Path, models, kind: str) -> None:
+def _write_snapshot(run: Path, model, kimg: int, kind: str) -> Path:
     import pytorch_lightning as pl
 
     run.mkdir(parents=True, exist_ok=True)
-    for i, model in enumerate(models):
-        if kind == "pkl":
-            data = {"G": model.G, "D": model.D, "G_ema": model.G_ema, "augment_pipe": None}
-            (run / f"network-snapshot-{i * 40:06d}.pkl").write_bytes(pickle.dumps(data))
-        else:
-            trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                                 enable_model_summary=False, default_root_dir=run)
-            trainer.strategy.connect(model)
-            trainer.save_checkpoint(run / f"kimg={i * 40}.ckpt")
+    if kind == "pkl":
+        path = run / f"network-snapshot-{kimg:06d}.pkl"
+        path.write_bytes(pickle.dumps({"G": model.G, "D": model.D, "G_ema": model.G_ema, "augment_pipe": None}))
+    else:
+        path = run / f"kimg={kimg}.ckpt"
+        trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=run)
+        trainer.strategy.connect(model)
+        trainer.save_checkpoint(path)
+    return path
 
 
-def _monitor_seconds(models, embedder, audit, real, num_samples: int, run: Path) -> list[float]:
-    from gmia_defend.audit import AuditLog
+class _Monitor:
+    """What the in-training monitor does per audit, on the live module."""
 
-    auditor = _auditor(embedder, audit, real, num_samples)
-    log = AuditLog(run)
-    auditor.audit(models[0].G_ema, kimg=0.0)  # warm-up, not timed
-    times = []
-    for i, model in enumerate(models[1:], start=1):
-        start = time.perf_counter()
-        record = auditor.audit(model.G_ema, kimg=float(i * 40))
-        log.append(record, auditor.result)
-        times.append(time.perf_counter() - start)
-    return times
+    def __init__(self, world, num_samples: int, run: Path) -> None:
+        from gmia_defend.audit import AuditLog
+
+        self.auditor, self.log = _auditor(*world, num_samples), AuditLog(run)
+
+    def __call__(self, model, kimg: int) -> None:
+        record = self.auditor.audit(model.G_ema, kimg=float(kimg))
+        self.log.append(record, self.auditor.result)
 
 
-def _watch_seconds(models, embedder, audit, real, num_samples: int, run: Path, kind: str, figures: bool) -> list[float]:
-    from gmia_defend.watch.runner import WatchOptions, Watcher
-    from gmia_defend.watch.snapshots import find_snapshots
+class _Watch:
+    """What watch does per snapshot file: load, audit, append, release.json, figures."""
 
-    _write_snapshots(run, models, kind)
-    options = WatchOptions(patterns=("network-snapshot-*.pkl", "*.ckpt"), trust_pickle=True, figures=figures,
-                           settle_s=0.0)
-    watcher = Watcher(run, _auditor(embedder, audit, real, num_samples), options, echo=lambda s: None)
-    snaps = find_snapshots(run, options.patterns)
-    watcher.audit_snapshot(snaps[0])  # warm-up, not timed
-    times = []
-    for snap in snaps[1:]:
-        start = time.perf_counter()
-        assert watcher.audit_snapshot(snap) is not None
-        times.append(time.perf_counter() - start)
-    return times
+    def __init__(self, world, num_samples: int, run: Path, kind: str, figures: bool) -> None:
+        from gmia_defend.watch.runner import WatchOptions, Watcher
+
+        self.run, self.kind = run, kind
+        options = WatchOptions(patterns=("network-snapshot-*.pkl", "*.ckpt"), trust_pickle=True, figures=figures,
+                               settle_s=0.0)
+        self.watcher = Watcher(run, _auditor(*world, num_samples), options, echo=lambda s: None)
+
+    def prepare(self, model, kimg: int):
+        from gmia_defend.watch.snapshots import Snapshot
+
+        return Snapshot.of(_write_snapshot(self.run, model, kimg, self.kind), self.run)
+
+    def __call__(self, snap) -> None:
+        assert self.watcher.audit_snapshot(snap) is not None
 
 
 def main() -> None:
@@ -114,26 +116,38 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=5000)
     parser.add_argument("--snapshots", type=int, default=3, help="timed snapshots per variant (plus one warm-up)")
     args = parser.parse_args()
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     models = [_model(seed) for seed in range(args.snapshots + 1)]
-    embedder, audit, real = _world(args.num_samples)
+    world = _world(args.num_samples)
+    med = statistics.median
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        monitor = _monitor_seconds(models, embedder, audit, real, args.num_samples, tmp / "monitor")
-        watch_pkl = _watch_seconds(models, embedder, audit, real, args.num_samples, tmp / "pkl", "pkl", True)
-        watch_ckpt = _watch_seconds(models, embedder, audit, real, args.num_samples, tmp / "ckpt", "ckpt", True)
-        watch_nofig = _watch_seconds(models, embedder, audit, real, args.num_samples, tmp / "nofig", "pkl", False)
-        monitor += _monitor_seconds(models, embedder, audit, real, args.num_samples, tmp / "monitor2")
-    med = statistics.median
+        monitor = _Monitor(world, args.num_samples, tmp / "monitor")
+        watchers = {"pkl": _Watch(world, args.num_samples, tmp / "pkl", "pkl", True),
+                    "ckpt": _Watch(world, args.num_samples, tmp / "ckpt", "ckpt", True),
+                    "nofig": _Watch(world, args.num_samples, tmp / "nofig", "pkl", False)}
+        times: dict[str, list[float]] = {"monitor": [], **{k: [] for k in watchers}}
+        for i, model in enumerate(models):
+            kimg = i * 40
+            snaps = {k: w.prepare(model, kimg) for k, w in watchers.items()}  # files written before timing
+            # interleaved, so the machine's load drifts over every variant alike; round 0 warms up
+            for name in ["monitor", *watchers]:
+                start = time.perf_counter()
+                if name == "monitor":
+                    monitor(model, kimg)
+                else:
+                    watchers[name](snaps[name])
+                if i > 0:
+                    times[name].append(time.perf_counter() - start)
+    m = {k: med(v) for k, v in times.items()}
     out = {
         "num_samples": args.num_samples, "timed_snapshots": args.snapshots,
-        "monitor_audit_s": round(med(monitor), 3),
-        "watch_snapshot_s": round(med(watch_pkl), 3),
-        "watch_vs_monitor_ratio": round(med(watch_pkl) / med(monitor), 3),
-        "watch_ckpt_snapshot_s": round(med(watch_ckpt), 3),
-        "watch_vs_monitor_ratio_ckpt": round(med(watch_ckpt) / med(monitor), 3),
-        "watch_no_figures_snapshot_s": round(med(watch_nofig), 3),
-        "watch_vs_monitor_ratio_no_figures": round(med(watch_nofig) / med(monitor), 3),
+        "monitor_audit_s": round(m["monitor"], 3),
+        "watch_snapshot_s": round(m["pkl"], 3),
+        "watch_vs_monitor_ratio": round(m["pkl"] / m["monitor"], 3),
+        "watch_ckpt_snapshot_s": round(m["ckpt"], 3),
+        "watch_vs_monitor_ratio_ckpt": round(m["ckpt"] / m["monitor"], 3),
+        "watch_no_figures_snapshot_s": round(m["nofig"], 3),
+        "watch_vs_monitor_ratio_no_figures": round(m["nofig"] / m["monitor"], 3),
         "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(out))

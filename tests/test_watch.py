@@ -164,8 +164,11 @@ def test_generator_factory_and_kimg_in_names(watch_split, tmp_path, capsys):
     run = tmp_path / "run"
     for k in (2.5, 0.5, 1.5):
         write_state_dict(run / "weights", k, seed=int(k * 10))
+    with_figures = [a for a in FAST if a != "--no-figures"]
     assert main(["watch", str(run), "--audit", str(watch_split), "--once", "--pattern", "weights/*.pt",
-                 "--generator-factory", "nvidia_like.snapshot:load_state_dict", *FAST]) == 0
+                 "--generator-factory", "nvidia_like.snapshot:load_state_dict", *with_figures]) == 0
+    assert (run / "report" / "leakage_vs_kimg.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((run / "release.json").read_text())["candidates"][-1]["kimg"] == 2.5
     records = _records(run)
     assert [r["kimg"] for r in records] == [0.5, 1.5, 2.5]
     assert records[0]["checkpoint"] == "weights/gen-kimg=0.5.pt"

@@ -4,7 +4,7 @@ Each poll lists the snapshots (``snapshots.find_snapshots``), skips those alread
 ``audits.jsonl`` (by file name, so a restarted watch audits nothing twice), waits until the next one
 has stopped changing, loads it (``read_generator_file`` or the user's factory), audits it with the
 ``Auditor`` (taking the loop's own FID when it logged one), appends the record through ``AuditLog`` and
-refreshes ``release.json``, the report figures and W&B. A snapshot that cannot be read (truncated,
+refreshes ``release.json`` and W&B (and the report figures, at most ~1/10 of the time, and when it stops). A snapshot that cannot be read (truncated,
 corrupt) is skipped with a warning and retried once; one whose generator output is wrong is recorded
 as a failed audit with a one-line warning; neither ends the watch. Appends are not interrupted by
 Ctrl-C or SIGTERM: the signal takes effect once the line is written.
@@ -39,6 +39,10 @@ from gmia_defend.watch.signals import InterruptGuard
 from gmia_defend.watch.snapshots import DEFAULT_PATTERNS, Snapshot, StabilityTracker, describe_patterns, find_snapshots
 
 __all__ = ["WatchOptions", "Watcher"]
+
+#: Figures are redrawn after an audit only when at least this many times their last drawing time has
+#: passed since (and always when the watch stops), so drawing takes at most ~1/10 of a busy watch's time.
+FIGURE_COST_FACTOR = 10.0
 
 
 @dataclass
@@ -86,6 +90,7 @@ class Watcher:
         self._done: set[str] | None = None
         self._ordinal_warned = False
         self.guard = InterruptGuard()
+        self._figures_due, self._drawn_at, self._draw_s = False, -math.inf, 0.0
 
     # ------------------------------------------------------------------------------ state
     def done(self) -> set[str]:
@@ -124,14 +129,17 @@ class Watcher:
         self._repair_torn_tail()
         with self.guard.installed():
             try:
-                return self._loop()
+                code = self._loop()
             except KeyboardInterrupt:
                 self.echo(f"watch: interrupted; {len(self.audited)} snapshot(s) audited this time, every record "
                           "written is complete; run the same command to resume")
-                return 0
+                code = 0
             finally:
                 if self.wandb is not None:
                     self.wandb.finish()
+        with contextlib.suppress(KeyboardInterrupt):
+            self.draw_figures()
+        return code
 
     def _loop(self) -> int:
         announced = False
@@ -302,6 +310,17 @@ class Watcher:
             self.failures[snap.name] = _Failure(count, self.tracker.signature(snap.path), time.monotonic())
             self.echo(f"watch: warning: skipping {snap.name} for now, will retry once: {err}")
 
+    def draw_figures(self, records: Sequence[AuditRecord] | None = None, decision: dict | None = None) -> None:
+        """Redraw the report figures if an audit came in since they were last drawn."""
+        if not self._figures_due:
+            return
+        records = self.log.records() if records is None else records
+        decision = decision if decision is not None else update_release(self.run_dir, records, self.opts.rule)
+        start = time.monotonic()
+        update_figures(self.run_dir, records, self.opts.rule, decision)
+        self._drawn_at = time.monotonic()
+        self._draw_s, self._figures_due = self._drawn_at - start, False
+
     def _append(self, record: AuditRecord, result: Any) -> None:
         with self.guard.critical():
             self.log.append(record, result)
@@ -316,8 +335,9 @@ class Watcher:
                   f"({record.wall_s:.1f} s)")
         records = self.log.records()
         decision = update_release(self.run_dir, records, self.opts.rule)
-        if self.opts.figures:
-            update_figures(self.run_dir, records, self.opts.rule, decision)
+        self._figures_due = self.opts.figures
+        if time.monotonic() - self._drawn_at >= FIGURE_COST_FACTOR * self._draw_s:
+            self.draw_figures(records, decision)
         if self.wandb is not None:
             evidence = self.run_dir / record.evidence if record.evidence else None
             self.wandb.audit(record, records, self.log.pseudonym, evidence, metric, decision.get("quality_metric"))
