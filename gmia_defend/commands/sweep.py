@@ -20,8 +20,8 @@ from gmia_defend.config_files import resolve_config
 from gmia_defend.sweep.collect import collect_sweep, read_summary
 from gmia_defend.sweep.config import SweepConfig, SweepRun
 from gmia_defend.sweep.plots import plot_sweep
-from gmia_defend.sweep.runner import (RUN_DIR_ARG, Progress, completed_runs, format_seconds, run_sweep,
-                                      thread_plan)
+from gmia_defend.sweep.runner import (RUN_DIR_ARG, Progress, check_sweep_folder, completed_runs, format_seconds,
+                                      run_sweep, thread_plan)
 from gmia_defend.sweep.summary import format_table
 from gmia_defend.sweep.validate import check_runs
 
@@ -57,12 +57,13 @@ def run(args: argparse.Namespace) -> int:
             print(shlex.join(record["command"]))
         return 0
 
+    check_sweep_folder(config, out, overwrite=args.overwrite)  # refuse another sweep's folder before any output
     if plan.note:
         _say(f"[sweep] {plan.note}")
     total = len(runs)
     order = {r.name: i + 1 for i, r in enumerate(runs)}
     lock = threading.Lock()
-    before = 0 if args.overwrite else len(completed_runs(out).keys() & set(order))
+    before = len(completed_runs(out).keys() & set(order))
     progress = Progress(total=total - before, jobs=plan.jobs)
     _say(f"[sweep] {config.name}: {total} runs ({before} finished before, skipped), {plan.jobs} at a time -> {out}"
          if before else f"[sweep] {config.name}: {total} runs, {plan.jobs} at a time -> {out}")
