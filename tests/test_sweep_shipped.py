@@ -104,3 +104,18 @@ def test_one_run_of_each_shipped_sweep_trains_and_audits(path, tmp_path):
             node = node[-1] if isinstance(node, list) else node
             node = node.get(part)  # a null value may be left out of the dump
         assert node == value, key
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_runs_parse_as_the_wandb_agent_writes_them(path, monkeypatch):
+    """``wandb agent`` writes ``--key=value`` with Python's ``str`` (``None``, ``True``, ``{'a': 1}``): the same
+    file must work there, so runs whose values it writes differently are checked in that form too."""
+    import gmia_defend.sweep.config as sweep_config
+
+    local = sweep_config.format_value
+    differing = [p for p in SweepConfig.load(path).runs()
+                 if any(str(v) != local(v) for v in p.params.values())]
+    monkeypatch.setattr(sweep_config, "format_value", str)
+    runs = [r for r in SweepConfig.load(path).runs() if any(str(v) != local(v) for v in r.params.values())]
+    assert len(runs) == len(differing)
+    assert all(c.ok for c in check_runs(runs))
