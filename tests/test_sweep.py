@@ -271,3 +271,12 @@ def test_time_left_estimate():
     progress = Progress(total=5, jobs=2, clock=clock)
     assert progress.finished(100.0) == (1, 100.0, 200.0)  # 4 left, 2 at a time, 100 s each
     assert progress.finished(300.0) == (2, 200.0, 400.0)
+
+
+def test_parallel_jobs_run_every_run_once(tmp_path):
+    config = make_config(tmp_path)
+    out = tmp_path / "sweep"
+    records = run_sweep(config, out, jobs=2, cpus=2)
+    assert sorted(r["returncode"] for r in records) == [0, 0, 0, 0]
+    assert [r["name"] for r in records] == [r.name for r in config.runs()]
+    assert all((out / r["name"] / "count").read_text().count("counter") == 1 for r in records)

@@ -241,9 +241,13 @@ def run_sweep(config: SweepConfig, sweep_dir: str | Path, jobs: int = 1,
 
     if plan.jobs <= 1:
         records += [_execute(r) for r in todo]
-    else:
-        with ThreadPoolExecutor(max_workers=plan.jobs) as pool:
-            records += list(pool.map(_execute, todo))
+        return records
+    pool = ThreadPoolExecutor(max_workers=plan.jobs)
+    try:
+        futures = [pool.submit(_execute, r) for r in todo]
+        records += [f.result() for f in futures]
+    finally:  # on Ctrl-C: start no further run (the running ones got the same signal)
+        pool.shutdown(wait=True, cancel_futures=True)
     return records
 
 
