@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         if plan.note:
             print(f"[sweep] {plan.note}", file=sys.stderr)
-        for record in run_sweep(config, out, jobs=args.jobs, dry_run=True, checks=checks):
+        for record in run_sweep(config, out, jobs=args.jobs, run_dir_arg=args.run_dir_arg or None, dry_run=True,
+                                checks=checks):
             print(shlex.join(record["command"]))
         return 0
 
