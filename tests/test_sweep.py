@@ -280,3 +280,15 @@ def test_parallel_jobs_run_every_run_once(tmp_path):
     assert sorted(r["returncode"] for r in records) == [0, 0, 0, 0]
     assert [r["name"] for r in records] == [r.name for r in config.runs()]
     assert all((out / r["name"] / "count").read_text().count("counter") == 1 for r in records)
+
+
+def test_random_search_draws_run_cap_runs_reproducibly():
+    raw = {"method": "random", "run_cap": 5, "seed": 3,
+           "parameters": {"a": {"distribution": "int_uniform", "min": 1, "max": 4}, "b": {"min": 0.0, "max": 1.0},
+                          "c": {"values": ["x", "y"]}, "d": {"value": 7}}}
+    runs = SweepConfig.from_dict(raw).runs()
+    assert len(runs) == 5 and [r.params for r in runs] == [r.params for r in SweepConfig.from_dict(raw).runs()]
+    assert all(1 <= r.params["a"] <= 4 and 0 <= r.params["b"] <= 1 and r.params["c"] in "xy" and r.params["d"] == 7
+               for r in runs)
+    with pytest.raises(UserError, match="random search here draws"):
+        SweepConfig.from_dict({**raw, "parameters": {"a": {"distribution": "log_uniform", "min": 1, "max": 2}}})
