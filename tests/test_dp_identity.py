@@ -32,7 +32,8 @@ def test_frontier_benchmark_shortened(tmp_path, monkeypatch) -> None:
     assert len(data["audit"].member_identities) == cfg["heavy"]  # audited: the heavy members only
     assert not set(data["audit"].nonmember_identities) & set(data["audit"].member_identities)
     init, _ = bench.pretrain(cfg, tmp_path)
-    rows = [bench.run_row(name, cfg, init) for name in ("nonprivate", "els_eps8", "uls_eps8", "scratch_eps8")]
+    names = ("nonprivate", "pretrained_only", "els_eps8", "uls_eps8", "scratch_eps8")
+    rows = [bench.run_row(name, cfg, init) for name in names]
     by = {r["row"]: r for r in rows}
     assert by["els_eps8"]["scheme"] == "els" and by["uls_eps8"]["scheme"] == "uls"
     assert by["els_eps8"]["steps"] == by["uls_eps8"]["steps"] == cfg["finetune_batches"]
@@ -46,7 +47,8 @@ def test_frontier_benchmark_shortened(tmp_path, monkeypatch) -> None:
     json.dumps(result)
     bench.figure(rows, tmp_path / "frontier.png")
     assert (tmp_path / "frontier.png").stat().st_size > 1000
-    assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 4
+    assert result["fd_pretrained_only"] is not None and by["pretrained_only"]["epsilon_person"] == 0.0
+    assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 4  # the trained rows
 
 
 def test_public_pretraining_runs_once_and_loads(tmp_path) -> None:
