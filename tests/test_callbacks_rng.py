@@ -124,3 +124,40 @@ def test_monitor_keeps_no_realised_batch_sizes_when_the_module_counts_kimg(cb_wo
     assert "images" not in state and monitor._images == 0
     assert [r.kimg for r in monitor.history] == [0.064, 0.096]
     assert all("images" not in r.to_json() for r in monitor.history)
+
+
+class _RaggedSampler:
+    """Batches of varying size around an expected 10, as Poisson sampling gives."""
+
+    expected_batch_size = 10
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __iter__(self):
+        sizes, start = [7, 13, 9, 12, 10, 6, 14, 8], 0
+        for size in sizes:
+            yield list(range(start, start + size))
+            start += size
+
+    def __len__(self) -> int:
+        return 8
+
+
+class _PrivacyStandIn(pl.Callback):
+    emits_privacy_summary = True
+
+    def summary(self):
+        return {}
+
+
+def test_under_dp_the_monitor_counts_nominal_not_realised_batch_sizes(cb_world, tmp_path):
+    from _fixtures_callbacks import CbTinyEmbedder
+
+    pl.seed_everything(0)
+    monitor = IdentityLeakageMonitor(**cb_monitor_kwargs(cb_world, CbTinyEmbedder(), every_n_steps=4, fid=False))
+    data = TensorDataset(cb_world.train_images, cb_world.train_labels)
+    loader = DataLoader(data, batch_sampler=_RaggedSampler(len(data)))
+    cb_trainer(tmp_path, [_PrivacyStandIn(), monitor], max_steps=16).fit(DCGAN(), loader)
+    assert monitor.state_dict()["images"] == 80.0  # 8 batches x the expected 10, not the realised 79
+    assert [r.kimg for r in monitor.history] == [0.04, 0.08]  # 4 x 10, not 7+13+9+12

@@ -74,6 +74,37 @@ def batch_size_of(batch: Any) -> int:
     return 0
 
 
+def is_private(trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+    """Training under DP: a private discriminator on the module or a privacy monitor among the callbacks."""
+    return getattr(pl_module, "private_d", None) is not None or any(
+        getattr(cb, "emits_privacy_summary", False) for cb in getattr(trainer, "callbacks", []) or [])
+
+
+def nominal_batch_size(trainer: pl.Trainer) -> float | None:
+    """The batch size the loader is configured for (the expected size under Poisson sampling), not a realised one."""
+    loader = getattr(trainer, "train_dataloader", None)
+    if isinstance(loader, (list, tuple)):
+        loader = loader[0] if loader else None
+    size = getattr(loader, "batch_size", None)
+    if size:
+        return float(size)
+    sampler = getattr(loader, "batch_sampler", None)
+    for attr in ("expected_batch_size", "batch_size"):
+        if getattr(sampler, attr, None):
+            return float(getattr(sampler, attr))
+    rate, n = getattr(sampler, "sample_rate", None), getattr(sampler, "num_samples", None)
+    return float(rate) * float(n) if rate and n else None
+
+
+def images_in_batch(trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> float | None:
+    """Images to count for this batch: the realised size, but under DP the nominal one (a realised Poisson
+    batch size says who was sampled); None when under DP no nominal size is known."""
+    if is_private(trainer, pl_module):
+        nominal = nominal_batch_size(trainer)
+        return None if nominal is None else nominal * trainer.world_size
+    return float(batch_size_of(batch) * trainer.world_size)
+
+
 def module_kimg(pl_module: pl.LightningModule) -> float | None:
     """The module's own progress: ``kimg`` property or ``images_seen`` buffer, if it has one."""
     value = getattr(pl_module, "kimg", None)

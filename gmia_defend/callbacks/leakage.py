@@ -38,7 +38,7 @@ from gmia_defend.audit.record import KIMG, LEAKAGE_PREFIX, PRIVACY_PREFIX, QUALI
 from gmia_defend.callbacks._ddp import PeerAuditFailed, ddp_reducers
 from gmia_defend.callbacks._loggers import keep_split_out_of_remote_loggers, log_to_loggers
 from gmia_defend.callbacks._real_images import QUALITY_REFERENCES, real_images_for
-from gmia_defend.callbacks._state import (audit_listeners, batch_size_of, module_kimg, resolve_generator,
+from gmia_defend.callbacks._state import (audit_listeners, images_in_batch, module_kimg, resolve_generator,
                                           resolve_run_dir)
 from gmia_defend.errors import UserError
 from gmia_defend.rng import preserved_rng
@@ -121,7 +121,7 @@ class IdentityLeakageMonitor(pl.Callback):
         self.auditor: Auditor | None = None
         self.log: AuditLog | None = None
         self._wandb: dict[int, Any] = {}
-        self._finished, self._reduced = False, False
+        self._finished, self._reduced, self._warned_dp = False, False, False
         self._fit_start = time.time()
         self.seconds_spent = 0.0  # wall time in audits, their preparation, listeners and outputs (this process)
 
@@ -186,8 +186,14 @@ class IdentityLeakageMonitor(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        if module_kimg(pl_module) is None:  # only count when the module does not: under DP the realised
-            self._images += batch_size_of(batch) * trainer.world_size  # batch sizes must not be kept
+        if module_kimg(pl_module) is None:  # count only when the module does not; never realised DP batch sizes
+            counted = images_in_batch(trainer, pl_module, batch)
+            if counted is None and not self._warned_dp:
+                self._warned_dp = True
+                rank_zero_warn("IdentityLeakageMonitor: under DP the realised batch sizes are not counted and the "
+                               "loader has no nominal batch size; give the module a kimg property, or audit by "
+                               "every_n_steps (kimg stays 0)")
+            self._images += counted or 0
         self._batches += 1
         due = False
         if self.every_n_kimg is not None:
@@ -334,7 +340,7 @@ class IdentityLeakageMonitor(pl.Callback):
         state = {"history": [r.summary().to_json() for r in self.history], "batches": int(self._batches),
                  "cadence_index": int(self._cadence_index), "settings": self._settings()}
         if self._images:
-            state["images"] = int(self._images)  # only when counted here (no module kimg, so no DP module)
+            state["images"] = float(self._images)  # counted here (no module kimg); nominal sizes under DP
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -344,7 +350,7 @@ class IdentityLeakageMonitor(pl.Callback):
             rank_zero_warn(f"IdentityLeakageMonitor resumed with other settings {changed} (checkpoint, now): audits "
                            "before and after the resume are not directly comparable")
         self.history = [AuditRecord.from_json(r) for r in state_dict.get("history", [])]
-        self._images = int(state_dict.get("images", 0))
+        self._images = float(state_dict.get("images", 0))
         self._batches = int(state_dict.get("batches", 0))
         self._cadence_index = int(state_dict.get("cadence_index", 0))
 
