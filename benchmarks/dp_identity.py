@@ -322,11 +322,12 @@ def figure(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     norm = matplotlib.colors.Normalize(vmin=0.4, vmax=1.0)
-    for scheme, style in (("uls", "-o"), ("els", "-s")):
+    for scheme, style in (("uls", "-o"), ("els", "--s")):
         pts = sorted((r["epsilon_person"], r["fd"], r["auc"]) for r in rows
                      if r["scheme"] == scheme and r["pretrained"])
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style[:-1], color="grey", label=scheme.upper())
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color="grey", mfc="none",
+                    label=f"{scheme.upper()} (pretrained)")
             sc = ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=[p[2] for p in pts], cmap="coolwarm",
                             norm=norm, marker=style[-1], s=60, zorder=3, edgecolors="k")
     for r in rows:
