@@ -349,7 +349,8 @@ def figure(rows: list[dict], path: Path) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| row | scheme | epsilon per person | AUC [95% CI] | FD | noise | wall s |", "|---|---|---|---|---|---|---|"]
+    lines = ["| row | scheme | epsilon per person | AUC [95% CI] | FD | noise | wall s |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         eps = "inf (no DP)" if not math.isfinite(r["epsilon_person"]) else f"{r['epsilon_person']:.2f}"
         noise = f"{r['noise_multiplier']:.3f}" if "noise_multiplier" in r else "-"
@@ -411,7 +412,8 @@ def main() -> int:
     start = time.perf_counter()
     init, pretrain_s = pretrain(cfg, out)
     print(f"pretrained on {cfg['public_people']} public people in {pretrain_s:.0f} s", file=sys.stderr, flush=True)
-    names = ["nonprivate", "pretrained_only"] + [f"{s}_eps{e:g}" for e in sorted(cfg["epsilons"], reverse=True) for s in ("els", "uls")]
+    names = ["nonprivate", "pretrained_only"] + [f"{s}_eps{e:g}" for e in sorted(cfg["epsilons"], reverse=True)
+                                                 for s in ("els", "uls")]
     names.append(f"scratch_eps{cfg['scratch_epsilon']:g}")
     rows: list[dict] = []
     if args.parallel > 1:

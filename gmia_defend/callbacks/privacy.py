@@ -29,7 +29,6 @@ sampler is not covered by the accountant: its epsilon is flagged, with the reaso
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +184,8 @@ class PrivacyBudgetMonitor(pl.Callback):
         if eps_person is not None:
             info = self._person_info() or {}
             text += (f"; per person: epsilon {eps_person:.4g} at delta {info.get('delta', float('nan')):.3g} (ELS: "
-                     f"images Poisson-sampled, at most {info.get('k')} images a person, mixture-of-Gaussians accountant)")
+                     f"images Poisson-sampled, at most {info.get('k')} images a person, "
+                     "mixture-of-Gaussians accountant)")
         else:
             text += "; per person: unknown (the training images' identities were not given)"
         return text
