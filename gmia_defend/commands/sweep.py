@@ -47,6 +47,8 @@ def _say(text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     config = SweepConfig.load(resolve_config(args.config))
     out = Path(args.out or Path("runs") / "sweeps" / config.name)
+    for note in config.wandb_notes():
+        print(f"[sweep] note: {note}", file=sys.stderr)
     runs = config.runs()
     checks = check_runs(runs)  # every run's config, before anything starts: raises naming all bad runs
     plan = thread_plan(runs, {c.name: c for c in checks}, args.jobs)

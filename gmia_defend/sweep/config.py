@@ -172,6 +172,20 @@ class SweepConfig:
                    command=list(command), program=raw.get("program"), run_cap=run_cap,
                    seed=int(raw.get("seed", 0)), source=source)
 
+    def wandb_notes(self) -> list[str]:
+        """Parameters that run here but not under ``wandb agent``, which writes values with Python's ``str``.
+
+        >>> SweepConfig.from_dict({"method": "grid", "parameters": {"data.x": {"value": None}}}).wandb_notes()
+        ["parameter 'data.x' has a null value: wandb's agent passes it as 'None'; put --data.x=null in 'command'"]
+        """
+        notes = []
+        for key, spec in self.parameters.items():
+            values = spec.get("values", [spec.get("value")] if "value" in spec else [])
+            if any(v is None for v in values):
+                notes.append(f"parameter {key!r} has a null value: wandb's agent passes it as 'None'; "
+                             f"put --{key}=null in 'command'")
+        return notes
+
     def identity(self) -> dict[str, Any]:
         """What makes two sweep files the same sweep (a sweep folder holds runs of one identity)."""
         return {"method": self.method, "parameters": self.parameters, "command": self.command,
