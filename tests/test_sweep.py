@@ -292,3 +292,10 @@ def test_random_search_draws_run_cap_runs_reproducibly():
                for r in runs)
     with pytest.raises(UserError, match="random search here draws"):
         SweepConfig.from_dict({**raw, "parameters": {"a": {"distribution": "log_uniform", "min": 1, "max": 2}}})
+
+
+def test_null_parameter_gets_a_wandb_note():
+    config = SweepConfig.from_dict({"method": "grid", "parameters": {"data.x": {"values": [1, None]},
+                                                                     "data.y": {"value": 2}}})
+    notes = config.wandb_notes()
+    assert len(notes) == 1 and "data.x" in notes[0] and "None" in notes[0]
