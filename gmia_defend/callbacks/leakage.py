@@ -8,10 +8,9 @@ quality metric), glues the shards together under DDP, logs ``leakage/*`` and ``q
 (W&B: identity names as keyed pseudonyms), and appends each record to ``<run_dir>/audits.jsonl``
 through an ``AuditLog``. Listeners are told about each record (see ``callbacks._state``).
 
-Its ``state_dict`` keeps the audit history without per-identity tables (those stay in the run
-folder), so a resumed run continues it without duplicates. A failing audit is recorded and warned
-about; training goes on unless ``fail_on_error``. Auditing never changes training: every random
-state and every module buffer is left as it was.
+Its ``state_dict`` keeps the audit history without identity tables, so a resumed run continues it. A
+failing audit is recorded and warned about; training goes on unless ``fail_on_error``. Auditing never
+changes training: every random state and every module buffer is left as it was.
 
 Example (attached to any GAN LightningModule; only the generator's attribute name is needed):
 
@@ -285,8 +284,8 @@ class IdentityLeakageMonitor(pl.Callback):
     def _annotate(self, record: AuditRecord, trainer: pl.Trainer, hook: str, seconds: float) -> None:
         record.audit, record.step, record.batches = len(self.history), int(trainer.global_step), int(self._batches)
         record.epoch, record.hook, record.world_size = int(trainer.current_epoch), hook, int(trainer.world_size)
-        record.final, record.time = hook == "on_train_end", time.time()
-        record.wall_s, record.audit_s = round(time.time() - self._fit_start, 3), round(seconds, 3)
+        record.final, record.time, record.audit_s = hook == "on_train_end", time.time(), round(seconds, 3)
+        record.wall_s = round(time.time() - self._fit_start, 3)
         if not record.ok:
             return
         for key, value in trainer.callback_metrics.items():  # e.g. PrivacyBudgetMonitor's epsilon and delta
@@ -307,11 +306,6 @@ class IdentityLeakageMonitor(pl.Callback):
                               batch_size=1, sync_dist=False)
 
     # ------------------------------------------------------------------------------- outputs (rank 0)
-    @property
-    def audits_path(self) -> Path:
-        assert self.log is not None
-        return self.log.path
-
     def _publish(self, trainer: pl.Trainer, record: AuditRecord, result: Any) -> None:
         assert self.log is not None
         self.log.append(record, result)
