@@ -49,6 +49,9 @@ def test_frontier_benchmark_shortened(tmp_path, monkeypatch) -> None:
     assert (tmp_path / "frontier.png").stat().st_size > 1000
     assert result["fd_pretrained_only"] is not None and by["pretrained_only"]["epsilon_person"] == 0.0
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 4  # the trained rows
+    # larger DP batches: fewer of them, the same number of images shown
+    assert bench.dp_schedule(dict(batch=32, finetune_batches=400, dp_batch=256)) == (256, 50)
+    assert bench.dp_schedule(dict(batch=32, finetune_batches=400)) == (32, 400)
 
 
 def test_public_pretraining_runs_once_and_loads(tmp_path) -> None:
