@@ -145,3 +145,14 @@ def test_release_file_is_recognised(tmp_path):
         g = load_generator(str(path))
         with torch.no_grad():
             assert torch.allclose(GeneratorAdapter(g)(z), GeneratorAdapter(model.G_ema.eval())(z))
+
+
+def test_truncated_checkpoint_and_release_are_corrupt_snapshots(tmp_path):
+    blob_path = tmp_path / "full.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, blob_path)
+    blob = blob_path.read_bytes()
+    for name in ("step=000010.ckpt", "release.pt"):
+        cut = tmp_path / name
+        cut.write_bytes(blob[: len(blob) // 2])
+        with pytest.raises(CorruptSnapshotError, match="truncated or corrupt"):
+            read_generator_file(cut)

@@ -125,7 +125,7 @@ def num_classes(generator: Any) -> int:
 
 # ---------------------------------------------------------------------------------- file kinds
 def _file_kind(path: Path) -> str:
-    """'ckpt', 'pickle', 'torchscript', 'torch' (a torch.save zip) or 'unknown', from suffix and bytes."""
+    """'ckpt', 'pickle', 'torchscript', 'torch' (a torch.save zip), 'partial' (a cut zip) or 'unknown'."""
     if path.suffix in _CHECKPOINT_SUFFIXES:
         return "torch" if _is_release_zip(path) else "ckpt"
     if path.suffix in _PICKLE_SUFFIXES:
@@ -141,6 +141,8 @@ def _file_kind(path: Path) -> str:
         return "torch" if any(n.endswith("data.pkl") for n in names) else "unknown"
     with open(path, "rb") as fh:
         head = fh.read(2)
+    if head == b"PK":
+        return "partial"  # a zip archive (torch.save, TorchScript) without its end: truncated or being written
     return "pickle" if head[:1] == b"\x80" else "unknown"
 
 
@@ -273,6 +275,9 @@ def read_generator_file(path: str | Path, trust_pickle: bool = False) -> Any:
         return _generator_from_pickle(_unpickle(path, trust_pickle), path)
     if kind == "torch":
         return _load_torch_file(path)
+    if kind == "partial":
+        raise CorruptSnapshotError(f"cannot read {path}: truncated or corrupt zip archive (its end is missing); if "
+                                   "training is still writing it, wait until it is complete")
     return _load_torchscript(path)
 
 
