@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from gmia_defend.errors import UserError
@@ -18,7 +20,7 @@ def test_els_with_one_image_a_person_agrees_with_opacus() -> None:
     els = user_level.els_epsilon(SIGMA, Q, STEPS, k=1, delta=DELTA)
     acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=user_level.DISCRETIZATION)
     acc.compose(dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(Q, dp_event.GaussianDpEvent(SIGMA)), STEPS))
-    assert els == pytest.approx(acc.get_epsilon(DELTA), rel=1e-6)  # same mechanism, same accountant
+    assert els == pytest.approx(acc.get_epsilon(DELTA), rel=1e-4)  # same mechanism and accountant (grids differ)
     prv = accounting.epsilon([(SIGMA, Q, STEPS)], DELTA, "prv")
     rdp = accounting.epsilon([(SIGMA, Q, STEPS)], DELTA, "rdp")
     assert els == pytest.approx(prv, rel=0.03)  # stated tolerance: 3 % (both are numerical PLD/PRV bounds)
@@ -34,12 +36,18 @@ def test_els_grows_with_the_per_person_cap() -> None:
     assert split == pytest.approx(eps[1], rel=1e-6)
 
 
-def test_mixture_merges_a_negligible_tail_into_the_worst_case() -> None:
-    sens, probs = user_level.mixture(0.01, 300)
-    assert sens[-1] == 300.0 and len(sens) <= user_level.MAX_COMPONENTS + 2
-    assert sum(probs) == pytest.approx(1.0) and probs[-1] < 1e-9
-    sens, probs = user_level.mixture(0.25, 3)  # small k: exact binomial weights
-    assert sens == [0.0, 1.0, 2.0, 3.0] and probs[0] == pytest.approx(0.75 ** 3)
+def test_mixture_drops_only_a_negligible_tail_and_stays_fast() -> None:
+    sens, probs, dropped = user_level.mixture(0.01, 300)
+    assert sens[-1] < 40 and 0 < dropped < 1e-15  # 300 images, but more than ~26 in one step: never
+    assert sum(probs) == pytest.approx(1.0)
+    sens, probs, dropped = user_level.mixture(0.25, 3)  # small k: exact binomial weights, nothing dropped
+    assert sens == [0.0, 1.0, 2.0, 3.0] and probs[0] == pytest.approx(0.75 ** 3) and dropped == 0.0
+    import time
+
+    start = time.perf_counter()  # an uncapped image-level run (300 images a person, small noise)
+    eps = user_level.els_epsilon(0.5, 16 / 9600, 3, 300, 1e-5)
+    assert math.isfinite(eps) and eps > user_level.els_epsilon(0.5, 16 / 9600, 3, 1, 1e-5)
+    assert time.perf_counter() - start < 20  # was minutes with the worst-case component kept
 
 
 def test_noise_for_a_per_person_target_reaches_it_tightly() -> None:

@@ -41,10 +41,10 @@ from gmia_defend.mitigations import accounting
 SCHEMES = ("uls", "els")
 #: PLD discretisation of the privacy loss (pessimistic: coarser = looser, still an upper bound).
 DISCRETIZATION = 1e-3
-#: Mixture components with more than this many images are merged into the worst case (sensitivity k).
-MAX_COMPONENTS = 64
-#: Binomial tail mass below which components are merged into the worst case.
-TAIL_MASS = 1e-12
+#: Per-step probability that a person contributes more images than the mixture keeps (see ``mixture``).
+TAIL_MASS = 1e-16
+#: Grid points of the privacy loss a one-step PLD may use; beyond, the discretisation coarsens (pessimistic).
+MAX_GRID = 5_000
 
 History = Sequence[tuple[float, float, int]]
 
@@ -54,40 +54,41 @@ def person_delta(num_people: int) -> float:
     return accounting.default_delta(num_people)
 
 
-def mixture(sample_rate: float, k: int) -> tuple[list[float], list[float]]:
-    """Sensitivities (in units of C) and probabilities of one person's contribution to one ELS step.
+def mixture(sample_rate: float, k: int) -> tuple[list[float], list[float], float]:
+    """(sensitivities in units of C, probabilities, dropped tail mass) of one person's contribution to
+    one ELS step: j of the person's k images are sampled with probability Binom(j; k, q).
 
-    Components j whose binomial mass is negligible are merged into one component of sensitivity k
-    (the worst case), which can only raise epsilon: the bound stays valid and the PLD stays small.
+    Counts j whose tail P(J > j) is below ``TAIL_MASS`` are dropped and the rest renormalised: the
+    mechanism conditioned on "no step sampled more" is accounted exactly, and the event that some
+    step did (probability at most steps x tail) is added to delta by ``els_epsilon_history``.
     """
     from scipy.stats import binom
 
     k = int(k)
     if k < 1:
         raise UserError(f"the per-person image cap k must be >= 1, got {k}")
-    pmf = binom.pmf(np.arange(k + 1), k, float(sample_rate))
-    keep = k
-    if k > MAX_COMPONENTS:
-        tail = binom.sf(np.arange(k + 1), k, float(sample_rate))  # P(J > j)
-        keep = int(min(MAX_COMPONENTS, np.argmax(tail < TAIL_MASS)))
-    sens = [float(j) for j in range(keep + 1)]
-    probs = [float(p) for p in pmf[:keep + 1]]
-    if keep < k:
-        sens.append(float(k))
-        probs.append(float(max(0.0, 1.0 - sum(probs))))
-    total = sum(probs)
-    return sens, [p / total for p in probs]
+    js = np.arange(k + 1)
+    pmf = binom.pmf(js, k, float(sample_rate))
+    tail = binom.sf(js, k, float(sample_rate))  # P(J > j)
+    keep = int(np.argmax(tail < TAIL_MASS)) if (tail < TAIL_MASS).any() else k
+    dropped = float(tail[keep]) if keep < k else 0.0
+    probs = pmf[:keep + 1] / pmf[:keep + 1].sum()
+    return [float(j) for j in range(keep + 1)], [float(p) for p in probs], dropped
 
 
 @functools.lru_cache(maxsize=32)
 def _one_step_pld(noise_multiplier: float, sample_rate: float, k: int, discretization: float):
     from dp_accounting.pld import privacy_loss_distribution as pld
 
-    sens, probs = mixture(sample_rate, k)
+    sens, probs, _ = mixture(sample_rate, k)
+    # the privacy loss spans about (largest sensitivity)^2 / (2 sigma^2) on either side: keep its grid
+    # at most MAX_GRID points (a coarser grid is pessimistic: still an upper bound)
+    span = max(1.0, sens[-1] ** 2 / (2 * float(noise_multiplier) ** 2) + 8 * sens[-1] / float(noise_multiplier))
+    step = max(float(discretization), span / MAX_GRID)
     # tails below e^-30 of mass are counted as infinite privacy loss (pessimistic): a 1e-13 change of
     # delta, for a third less work than the library's default e^-50
     return pld.from_mixture_gaussian_mechanism(standard_deviation=float(noise_multiplier), sensitivities=sens,
-                                               sampling_probs=probs, value_discretization_interval=discretization,
+                                               sampling_probs=probs, value_discretization_interval=step,
                                                log_mass_truncation_bound=-30)
 
 
@@ -97,11 +98,18 @@ def _compact(history: Iterable[tuple[float, float, int]]) -> tuple[tuple[float, 
 
 @functools.lru_cache(maxsize=1024)
 def _els_epsilon(history: tuple[tuple[float, float, int], ...], k: int, delta: float, discretization: float) -> float:
-    total = None
+    total, eta = None, 0.0
     for sigma, q, t in history:
         step = _one_step_pld(sigma, q, k, discretization).self_compose(int(t))
         total = step if total is None else total.compose(step)
-    return 0.0 if total is None else float(total.get_epsilon_for_delta(float(delta)))
+        eta += int(t) * mixture(q, k)[2]  # P(some step sampled more of the person than the mixture keeps)
+    if total is None:
+        return 0.0
+    if eta >= 0.01 * delta:
+        raise UserError(f"the per-person accountant's truncation ({eta:.2g}) is not negligible against "
+                        f"delta={delta:.3g}; use a larger delta or fewer steps")
+    # (eps, delta - eta)-DP given the event of probability >= 1 - eta => (eps - ln(1 - eta), delta)-DP
+    return float(total.get_epsilon_for_delta(float(delta) - eta)) - math.log1p(-eta)
 
 
 def els_epsilon_history(history: History, k: int, delta: float, discretization: float = DISCRETIZATION) -> float:
