@@ -31,9 +31,9 @@ AUC 0.591 [0.473, 0.705], FD 1.448; ELS from scratch at 7.99: FD 1.147. The publ
 (measured after that run; the row was added then): AUC 0.492 [0.376, 0.617], FD 0.220. So at
 this size DP fine-tuning hides the over-represented members but costs far more quality than it
 buys back over the public model: the DP noise dominates batches of 32 (see the README).
-The same rows at epsilon ~8 with ``--dp-batch 256`` (50 batches of 256: the same images, 8x less
-noise on the mean gradient; run singly after the main run): ELS 8.00, AUC 0.590 [0.477, 0.702],
-FD 0.388 (2.45x); ULS 8.00, AUC 0.573 [0.458, 0.693], FD 0.481 (3.0x).
+With ``--dp-batch 256`` (50 batches of 256: the same images, 4-6x less noise on the mean gradient
+at the same epsilon; DP rows run after the main run from its checkpoint): at epsilon ~8 ELS AUC 0.590
+[0.477, 0.702], FD 0.388 (2.45x); ULS AUC 0.573 [0.458, 0.693], FD 0.481; ELS from scratch FD 1.231.
 
 Prints a table, writes ``<out>/frontier.png`` and ``<out>/result.json``; the last line is one JSON
 object. ``--quick``: tiny sizes (a smoke test, well under 30 s).
