@@ -51,9 +51,12 @@ def _json_safe(value: Any) -> Any:
 
 
 def model_hparams(module: Any) -> dict[str, Any]:
-    """The module's own JSON-safe hyper-parameters (``module.hparams``); others are left out."""
+    """The module's own JSON-safe hyper-parameters (``module.hparams``); others are left out, and so are
+    private entries a framework adds (LightningCLI's ``_instantiator``): they are no constructor arguments."""
     out: dict[str, Any] = {}
     for key, value in dict(getattr(module, "hparams", None) or {}).items():
+        if str(key).startswith("_"):
+            continue
         try:
             out[str(key)] = _json_safe(value)
         except ValueError:
@@ -130,7 +133,7 @@ def _build(data: Mapping[str, Any], path: Path) -> nn.Module:
                         "or pass build= a function hparams -> module") from None
     with preserved_rng():  # building draws initial weights; they are overwritten, the caller's RNG is not
         try:
-            return obj(**data["hparams"])
+            return obj(**{k: v for k, v in data["hparams"].items() if not str(k).startswith("_")})
         except TypeError as err:
             raise UserError(f"{path}: {data['module_class']}(**hparams) failed ({err}); pass build= a function "
                             "hparams -> module") from None

@@ -5,6 +5,8 @@
 - ``quality_vs_kimg.png``: FID / Fréchet distance against kimg.
 - ``leakage_vs_quality.png``: the trade-off, one point per audit, the release marked.
 - ``identities.png``: per-identity score against training-image count (last audit).
+- ``epsilon_vs_kimg.png``: the epsilon the attack proves at least (empirical lower bound) beside the DP
+  epsilon the accountant guarantees at most (upper bound, per person and per the run's unit), when logged.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 
 from gmia_defend.io import atomic_write  # noqa: E402
-from gmia_defend.audit.record import (DEFAULT_METRIC, NULL_AUC_HIGH, NULL_AUC_LOW, as_records,  # noqa: E402
-                                      quality_key_of, successful_audits)
+from gmia_defend.audit.record import (DEFAULT_METRIC, EPSILON, EPSILON_LOWER_BOUND, EPSILON_PERSON,  # noqa: E402
+                                      NULL_AUC_HIGH, NULL_AUC_LOW, as_records, quality_key_of,
+                                      successful_audits)
 
 
 def save_figure(fig: Any, path: Path) -> Path:
@@ -164,6 +167,29 @@ def plot_identities(audit: dict, path: Path, label_top: int = 5) -> Path:
     return save_figure(fig, path)
 
 
+def plot_epsilon(audits: Sequence[dict], path: Path, release: dict | None = None) -> Path:
+    """Empirical epsilon lower bound (what the attack proves) and DP epsilon (what DP guarantees) vs kimg.
+
+    A DP upper bound below the lower bound would be a contradiction; the gap between the two is what
+    the audit cannot resolve. Without DP only the lower bound is drawn.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    xs, ys = _series(audits, EPSILON_LOWER_BOUND)
+    ax.plot(xs, ys, "o-", color="tab:red", label="lower bound: proven by the attack (per person)")
+    for key, style, label in ((EPSILON_PERSON, "s--", "upper bound: DP, per person"),
+                              (EPSILON, "^:", "upper bound: DP, per the run's unit")):
+        ux, uy = _series(audits, key)
+        if ux and not (key == EPSILON and _series(audits, EPSILON_PERSON)[1] == uy):
+            ax.plot(ux, uy, style, color="tab:blue", label=label)
+    _mark_release(ax, release)
+    ax.set_xlabel("kimg")
+    ax.set_ylabel("epsilon")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
 def write_report_plots(records: Sequence[dict], out_dir: str | Path, metric: str = DEFAULT_METRIC,
                        budget: float | None = None, release: dict | None = None,
                        quality_metric: str | None = None) -> dict[str, Path]:
@@ -180,4 +206,6 @@ def write_report_plots(records: Sequence[dict], out_dir: str | Path, metric: str
     }
     if audits:
         paths["identities"] = plot_identities(audits[-1], out / "identities.png")
+    if any(EPSILON_LOWER_BOUND in (a.get("metrics") or {}) for a in audits):
+        paths["epsilon"] = plot_epsilon(audits, out / "epsilon_vs_kimg.png", release)
     return paths
