@@ -166,13 +166,16 @@ def train(images, labels, batches: int, batch: int, init: str | None, dp: dict |
     else:
         pd = make_discriminator_private(model, targets=labels, batch_size=batch, seed=None, **dp)
         loader = private_dataloader(data, pd.batch_sampler())
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2 * batches, max_epochs=-1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, limit_train_batches=batches if dp is None else None)
+    import tempfile
     import warnings
 
-    with warnings.catch_warnings():
+    # the module writes its sample grids into the run folder: a throwaway one, never the working directory
+    with tempfile.TemporaryDirectory(prefix="gmia-dp-identity-") as root, warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2 * batches, max_epochs=-1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             num_sanity_val_steps=0, limit_train_batches=batches if dp is None else None,
+                             default_root_dir=root)
         trainer.fit(model, loader)
     model.G_ema.eval()
     return model

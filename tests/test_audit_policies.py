@@ -123,6 +123,23 @@ def test_release_file_round_trip_and_bad_files(tmp_path):
     assert gmia_defend.load_release is load_release
 
 
+def test_release_of_a_lightningcli_model_rebuilds(tmp_path):
+    """LightningCLI adds a private ``_instantiator`` entry to a model's hparams: no constructor argument."""
+    from gmia_defend.models import StyleGAN2
+
+    model = StyleGAN2(resolution=8, z_dim=8, w_dim=8, mapping_layers=1, channel_base=64, channel_max=8)
+    model.hparams["_instantiator"] = "pytorch_lightning.cli.instantiate_module"
+    path = save_release(tmp_path / "release.ckpt", model, "G_ema")
+    assert "_instantiator" not in torch.load(path, weights_only=True)["hparams"]
+    data = torch.load(path, weights_only=True)
+    data["hparams"]["_instantiator"] = "x"  # a file written before the entry was left out
+    torch.save(data, tmp_path / "old.ckpt")
+    z = torch.randn(2, 8)
+    model.G_ema.eval()
+    for p in (path, tmp_path / "old.ckpt"):
+        assert torch.equal(load_release(p)(z), model.G_ema(z))
+
+
 def test_auditor_shows_the_clamping_warning_once_per_run(cb_world):
     from _fixtures_callbacks import CbTinyEmbedder
 
