@@ -21,3 +21,21 @@ def test_epsilon_figure_drawn_when_the_bound_is_logged(tmp_path):
 def test_no_epsilon_figure_for_records_without_the_bound(tmp_path):
     paths = write_report_plots([_record(1.0, {}), _record(2.0, {})], tmp_path)
     assert "epsilon" not in paths and not (tmp_path / "epsilon_vs_kimg.png").exists()
+
+
+def test_leakage_plot_draws_the_figure_the_rule_read(tmp_path, monkeypatch):
+    """With halves, the line compared with the budget is the selection half's, as the rule read it."""
+    import matplotlib.axes
+
+    from gmia_defend.report.plots import plot_leakage
+
+    labels: list[str] = []
+    original = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, **k: (labels.append(k.get("label")), original(self, *a, **k))[1])
+    records = [_record(k, {"selection/leakage/auc_ci_high": 0.8}) for k in (1.0, 2.0)]
+    plot_leakage(records, tmp_path / "a.png", "leakage/auc_ci_high", 0.8, {"options": {"halves": True}})
+    assert "selection/leakage/auc_ci_high (vs budget)" in labels
+    labels.clear()
+    plot_leakage(records, tmp_path / "b.png", "leakage/auc_ci_high", 0.8, {"options": {"halves": False}})
+    assert "leakage/auc_ci_high (vs budget)" in labels

@@ -55,7 +55,8 @@ def _mark_release(ax: Any, release: dict | None) -> None:
 
 def plot_leakage(audits: Sequence[dict], path: Path, metric: str = DEFAULT_METRIC, budget: float | None = None,
                  release: dict | None = None) -> Path:
-    """AUC with its bootstrap band (and ``metric`` if it is another key), chance, budget, release."""
+    """AUC with its bootstrap band, the null band, chance, budget, release, and the figure the rule read
+    (``metric``, or its selection-half value when the release rule selected on half of the identities)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     base = metric.rsplit("/", 1)[0]
     auc_key = f"{base}/auc" if metric.rsplit("/", 1)[-1].startswith("auc") else metric
@@ -65,9 +66,12 @@ def plot_leakage(audits: Sequence[dict], path: Path, metric: str = DEFAULT_METRI
     hi_x, hi = _series(audits, f"{base}/auc_ci_high")
     if auc_key.endswith("auc") and lo and lo_x == hi_x:
         ax.fill_between(lo_x, lo, hi, color="tab:red", alpha=0.18, label="95 % bootstrap interval")
-    if metric != auc_key:
-        mx, my = _series(audits, metric)
-        ax.plot(mx, my, "v--", color="darkred", lw=1, ms=4, label=f"{metric} (vs budget)")
+    ruled = metric
+    if ((release or {}).get("options") or {}).get("halves") and _series(audits, f"selection/{metric}")[0]:
+        ruled = f"selection/{metric}"  # the figure the rule compared with the budget
+    if ruled != auc_key:
+        mx, my = _series(audits, ruled)
+        ax.plot(mx, my, "v--", color="darkred", lw=1, ms=4, label=f"{ruled} (vs budget)")
     if auc_key.endswith("auc"):
         nlo_x, nlo = _series(audits, NULL_AUC_LOW)
         nhi_x, nhi = _series(audits, NULL_AUC_HIGH)
