@@ -100,7 +100,8 @@ def test_plain_dcgan_with_all_three_callbacks(cb_world, tmp_path):
     z = torch.randn(4, 32)
     assert released(z).shape == (4, 3, 16, 16) and not released.training
     assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == [
-        "identities.png", "leakage_vs_kimg.png", "leakage_vs_quality.png", "quality_vs_kimg.png"]
+        "epsilon_vs_kimg.png", "identities.png", "leakage_vs_kimg.png", "leakage_vs_quality.png",
+        "quality_vs_kimg.png"]
     assert stopper.stopping_reason.name == "NOT_STOPPED" and trainer.global_step == 20
     assert not (tmp_path / "pseudonym_key").exists()  # no remote logger: nothing pseudonymised
 
