@@ -29,7 +29,7 @@ def test_rdp_epsilon_equals_opacus(sigma: float, q: float, steps: int) -> None:
 
 
 def test_notes_reference_values() -> None:
-    """NOTES.md: RDP, sigma=1.0, q=0.125, delta=1e-5: epsilon 3.165 after 4 steps, 3.507 after 6."""
+    """Reference figures measured with Opacus 1.6: RDP, sigma=1.0, q=0.125, delta=1e-5: epsilon 3.165 after 4 steps, 3.507 after 6."""
     assert accounting.epsilon([(1.0, 0.125, 4)], 1e-5) == pytest.approx(3.165, abs=2e-3)
     assert accounting.epsilon([(1.0, 0.125, 6)], 1e-5) == pytest.approx(3.507, abs=2e-3)
 
