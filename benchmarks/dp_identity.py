@@ -183,7 +183,6 @@ def train(images, labels, batches: int, batch: int, init: str | None, dp: dict |
 
 def audit(model, data: dict, cfg: dict, embedder) -> dict:
     """AUC [CI] on the heavy members vs non-members, and the Fréchet distance, of the final G_ema."""
-    import torch
 
     from gmia_defend.attack import IdentityMembershipAttack
     from gmia_defend.quality.frechet import GaussianStats, frechet_from_stats
@@ -343,7 +342,7 @@ def figure(rows: list[dict], path: Path) -> None:
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color="grey", mfc="none",
                     label=f"{scheme.upper()} (pretrained)")
-            sc = ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=[p[2] for p in pts], cmap="coolwarm",
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=[p[2] for p in pts], cmap="coolwarm",
                             norm=norm, marker=style[-1], s=60, zorder=3, edgecolors="k")
     for r in rows:
         if r["row"] == "nonprivate":
@@ -351,7 +350,7 @@ def figure(rows: list[dict], path: Path) -> None:
         if r["row"] == "pretrained_only":
             ax.axhline(r["fd"], ls=":", color="g", lw=1, label=f"public pretraining only (AUC {r['auc']:.2f})")
         if r["row"].startswith("scratch"):
-            sc = ax.scatter([r["epsilon_person"]], [r["fd"]], c=[r["auc"]], cmap="coolwarm", norm=norm,
+            ax.scatter([r["epsilon_person"]], [r["fd"]], c=[r["auc"]], cmap="coolwarm", norm=norm,
                             marker="^", s=80, edgecolors="k", zorder=3, label="ELS from scratch")
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="coolwarm"), ax=ax, label="leakage AUC")
     ax.set_xlabel("epsilon per person")

@@ -39,6 +39,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
+def save_torch_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save`` to a temporary file then rename: readers never see a half-written file."""
+    import torch
+
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from gmia_defend.errors import UserError
-from gmia_defend.io import atomic_write
+from gmia_defend.io import save_torch_atomic
 
 FORMAT = "gmia-defend-release"
 VERSION = 1
@@ -84,7 +84,7 @@ def save_release(path: str | Path, module: nn.Module, generator_attr: str | None
                  hparams: Mapping[str, Any] | None = None, z_dim: int | None = None) -> Path:
     """Write the release file of ``module``'s generator atomically; returns the path."""
     payload = release_payload(module, generator_attr, hparams, z_dim)
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return save_torch_atomic(path, payload)
 
 
 def is_release(obj: Any) -> bool:

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from gmia_defend.audit.record import DEFAULT_METRIC, KIMG, LEAKAGE_PREFIX, QUALITY_PREFIX, AuditRecord
+from gmia_defend.audit.record import DEFAULT_METRIC, LEAKAGE_PREFIX, QUALITY_PREFIX, AuditRecord
 
 
 def scalars_of(record: AuditRecord) -> dict[str, float]:

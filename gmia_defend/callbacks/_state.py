@@ -25,7 +25,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from gmia_defend.audit.log import kimg_tag  # noqa: F401 - re-exported for older imports
 
 
 def resolve_run_dir(trainer: pl.Trainer, run_dir: str | Path | None) -> Path:

@@ -34,7 +34,8 @@ from torch import nn
 
 from gmia_defend.embedders.base import Embedder
 from gmia_defend.embedders.dlib_format import DlibNetwork, read_dnn
-from gmia_defend.embedders.weights import cache_dir, load_torch_weights_only, save_torch_atomic, sha256_file
+from gmia_defend.embedders.weights import cache_dir, load_torch_weights_only, sha256_file
+from gmia_defend.io import save_torch_atomic
 from gmia_defend.errors import UserError, WeightsError
 
 DAT_NAME = "dlib_face_recognition_resnet_model_v1.dat"

@@ -25,7 +25,7 @@ from gmia_defend.embedders.base import Embedder
 from gmia_defend.embedders.network import CosFaceHead, IdentityResNet
 from gmia_defend.errors import DataError, UserError, WeightsError
 from gmia_defend.embedders.weights import cache_dir as cache_dir_default
-from gmia_defend.embedders.weights import save_torch_atomic
+from gmia_defend.io import save_torch_atomic
 
 #: Bump when the network, the training recipe or the file format changes: old cache entries are ignored.
 RECIPE_VERSION = 1

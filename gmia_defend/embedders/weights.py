@@ -10,7 +10,6 @@ from typing import Any
 import torch
 
 from gmia_defend.errors import WeightsError
-from gmia_defend.io import atomic_write
 
 
 def cache_dir() -> Path:
@@ -34,11 +33,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def save_torch_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """``torch.save`` to a temporary file then rename: readers never see a half-written file."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_torch_weights_only(path: str | os.PathLike, what: str) -> Any:

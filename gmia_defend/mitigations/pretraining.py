@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 
 from gmia_defend.errors import UserError
+from gmia_defend.io import save_torch_atomic
 
 _NETWORKS = ("G", "D", "G_ema")
 
@@ -76,9 +76,7 @@ class PublicPretraining(pl.Callback):
         with preserved_rng():
             inner.fit(model, datamodule=public)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k.split(".", 1)[0] in _NETWORKS}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"state_dict": state, "pretrained_batches": batches}, tmp)
-        os.replace(tmp, path)
+        save_torch_atomic(path, {"state_dict": state, "pretrained_batches": batches})
 
 
 def _own_args(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:

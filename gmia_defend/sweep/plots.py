@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from gmia_defend.report.plots import save_figure  # noqa: E402
-from gmia_defend.report.release import quality_key_of  # noqa: E402
+from gmia_defend.audit.record import quality_key_of  # noqa: E402
 
 LEAKAGE_KEY = "leakage/auc"
 
