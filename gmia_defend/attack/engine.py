@@ -7,6 +7,8 @@ streaming statistics (``scores``), so memory does not grow with ``num_samples``.
 population) embeddings are computed once per (embedder, device) and cached on the attack object.
 See ``scores`` for the similarity, match and calibrated-score definitions and ``result`` for
 ``leak_rate``.
+
+One file on purpose: the generation pass, its sharding and the statistics it feeds must be read together.
 """
 
 from __future__ import annotations

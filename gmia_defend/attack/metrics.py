@@ -18,6 +18,8 @@ Example:
 (0.978, True)
 >>> m["leakage/null_auc_low"] < 0.5 < m["leakage/null_auc_high"]
 True
+
+One file on purpose: every figure of an audit is a pure function of the same scores and labels, kept beside each other.
 """
 
 from __future__ import annotations

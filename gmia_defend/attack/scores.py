@@ -33,6 +33,8 @@ Definitions (one audited identity i with reference embeddings r_1..r_R, one gene
 
 State is a dict of tensors (``state_dict``); shards merge exactly (``merge_state_dicts``): sums
 add, maxima take the max, top-K lists are merged and re-cut.
+
+One file on purpose: the streaming statistics and their cross-process reduction must agree state by state.
 """
 
 from __future__ import annotations

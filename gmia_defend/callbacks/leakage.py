@@ -18,6 +18,8 @@ Example (attached to any GAN LightningModule; only the generator's attribute nam
     ...                                  num_samples=1000)
     >>> monitor.every_n_kimg, monitor.history
     (4.0, [])
+
+Slightly over 350 lines: the constructor's documented options take a third of it.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ sampler is not covered by the accountant: its epsilon is flagged, with the reaso
 
 >>> PrivacyBudgetMonitor(target_epsilon_person=8.0).target_epsilon_person
 8.0
+
+One file on purpose: the callback's accounting, per-person reading, budget stop and checkpoint state all read the same private discriminator and must agree.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ Public pretraining: ``train_on="public"`` trains on identities that are public (
 non-members, nor population): ``public_identities`` synthetic identities from a range disjoint from
 the dataset's, or that many unused identities of the folder, or every identity of ``public_folder``.
 The split records them (``split.json``), and refuses any overlap with the audited identities.
+
+One file on purpose: the training data, its resumable order and the matching audit set come from one split and must agree.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Why: the identity membership attack needs reference photos of member identities 
 never saw, and non-member identities never trained on at all. The split is made once, saved beside
 the run as JSON (with the dataset's spec and fingerprint) and validated against the dataset every
 time it is used, so a run can never silently audit on images it trained on.
+
+One file on purpose: the split's rules (eligibility, disjointness, public people) and its JSON round trip must agree.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ smoothstep over about one pixel. Random numbers come from a counter-based intege
 (no generator is consumed), and only exactly-rounded float ops are used (+ - * / sqrt, min/max,
 clamp), so an image is bit-identical whatever batch it is rendered in and however large the
 dataset is.
+
+One file on purpose: the renderer's parameters and the drawing code that uses them are read together.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ checkpointed (the module counts images at the expected batch size).
 Sampling that is not Poisson (shuffled fixed-size batches) is refused: the accountant's epsilon would
 not bound it. ``allow_shuffled_sampling=True`` runs it anyway and marks the epsilon as not a valid
 bound (``summary()["epsilon_valid"] is False`` with the reason).
+
+One file on purpose: sampling, clipping, noise and accounting of one private step must be read together to check the guarantee.
 """
 
 from __future__ import annotations

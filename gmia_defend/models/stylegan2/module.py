@@ -18,6 +18,8 @@ augmentation, path-length probes) comes from its own ``torch.Generator`` seeded 
 the checkpoint, so a run resumed from a checkpoint continues with exactly the draws of the
 uninterrupted run; and the D step and the G step use separate streams, so under DP the G step's
 draws do not depend on the realised (private) size of the real batch.
+
+One file on purpose: the D and G steps, their random streams and the checkpoint hooks that make a resume exact must be read together.
 """
 
 from __future__ import annotations

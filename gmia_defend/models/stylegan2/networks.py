@@ -16,6 +16,8 @@ instead of FIR filters, and a 4x4 stride-2 transposed conv + [1,2,1]^2 blur as t
 (see ops.py, ModulatedConv2d); toRGB weights start at 0.1x (``torgb_init``, see ToRGB); the modulated
 convolution is computed as scale-input / shared-conv / scale-output (mathematically the same as the
 per-sample weight version, much faster on the CPU).
+
+One file on purpose: the generator and discriminator layers are the paper's architecture, read side by side.
 """
 
 from __future__ import annotations
