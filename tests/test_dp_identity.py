@@ -32,13 +32,15 @@ def test_frontier_benchmark_shortened(tmp_path, monkeypatch) -> None:
     assert len(data["audit"].member_identities) == cfg["heavy"]  # audited: the heavy members only
     assert not set(data["audit"].nonmember_identities) & set(data["audit"].member_identities)
     init, _ = bench.pretrain(cfg, tmp_path)
-    names = ("nonprivate", "pretrained_only", "els_eps8", "uls_eps8", "scratch_eps8")
+    names = ("nonprivate", "pretrained_only", "els_eps8", "uls_eps8", "scratch_els_eps8")
     rows = [bench.run_row(name, cfg, init) for name in names]
     by = {r["row"]: r for r in rows}
     assert by["els_eps8"]["scheme"] == "els" and by["uls_eps8"]["scheme"] == "uls"
-    assert by["els_eps8"]["steps"] == by["uls_eps8"]["steps"] == cfg["finetune_batches"]
+    # every fine-tuning row takes the same steps of the same batch size as the non-private one
+    assert by["els_eps8"]["steps"] == by["uls_eps8"]["steps"] == by["nonprivate"]["steps"] == cfg["finetune_batches"]
     assert 0 < by["els_eps8"]["epsilon_person"] < math.inf and "per person" in by["els_eps8"]["meaning"]
-    assert by["scratch_eps8"]["pretrained"] is False and by["els_eps8"]["pretrained"] is True
+    assert by["scratch_els_eps8"]["pretrained"] is False and by["els_eps8"]["pretrained"] is True
+    assert by["scratch_els_eps8"]["scheme"] == "els"
     result = bench.summarise(rows, cfg, 0.0, 1.0, True)
     for key in ("people", "auc_nonprivate", "epsilon_person_at_target", "auc_at_target", "auc_ci_low_at_target",
                 "auc_ci_high_at_target", "fd_ratio_at_target", "fd_pretrained_at_target", "fd_scratch_at_target"):
@@ -49,9 +51,7 @@ def test_frontier_benchmark_shortened(tmp_path, monkeypatch) -> None:
     assert (tmp_path / "frontier.png").stat().st_size > 1000
     assert result["fd_pretrained_only"] is not None and by["pretrained_only"]["epsilon_person"] == 0.0
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 4  # the trained rows
-    # larger DP batches: fewer of them, the same number of images shown
-    assert bench.dp_schedule(dict(batch=32, finetune_batches=400, dp_batch=256)) == (256, 50)
-    assert bench.dp_schedule(dict(batch=32, finetune_batches=400)) == (32, 400)
+    assert bench._scheme_eps("scratch_uls_eps8") == ("uls", 8.0) and bench._scheme_eps("els_eps2") == ("els", 2.0)
 
 
 def test_public_pretraining_runs_once_and_loads(tmp_path) -> None:

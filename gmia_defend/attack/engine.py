@@ -32,7 +32,7 @@ from gmia_defend.attack.scores import (SCORE_NAMES, IdentitySimilarity, Streamin
                                        threshold_from_impostors)
 from gmia_defend.errors import DataError, UserError
 
-__all__ = ["IdentityMembershipAttack"]
+__all__ = ["IdentityMembershipAttack", "AttackPass"]
 
 
 @dataclass
@@ -47,6 +47,15 @@ class _References:
     impostor_threshold: float | None = None  # derived from ref_embeddings: same for every run
     population_matches: dict[float, np.ndarray] = field(default_factory=dict)  # threshold -> counts
     population_similarities: np.ndarray | None = None  # [P, I], for the relative score
+
+
+@dataclass
+class AttackPass:
+    """One pass's state: per embedder, the reference similarities, the threshold and its statistics."""
+
+    refs: list[_References]
+    thresholds: list[tuple[float, str]]
+    stats: list[StreamingIdentityStats]
 
 
 class IdentityMembershipAttack:
@@ -240,23 +249,46 @@ class IdentityMembershipAttack:
         for e in embed_modules:
             e.to(device)
         sampler = LatentSampler(self.seed, adapter.z_dim)
-        keep = max(self.top_k, self.evidence_neighbours, 1)
         with torch.no_grad(), eval_mode(adapter.modules + embed_modules):
-            refs = [self._references(i, device) for i in range(len(self.embedders))]
-            thresholds = [self._threshold(i, r) for i, r in enumerate(refs)]
-            stats = [StreamingIdentityStats(len(self.identities), keep, thr, device, self.num_blocks,
-                                            self.num_samples) for thr, _ in thresholds]
+            scoring = self.start_pass(device)
             start, stop = self.num_samples * rank // world, self.num_samples * (rank + 1) // world
-            self._stream(adapter, sampler, device, refs, stats, start, stop, on_batch, on_embeddings)
-            if reduce is not None:
-                merged = reduce({f"{j}.{k}": v for j, s in enumerate(stats) for k, v in s.state_dict().items()})
-                for j, s in enumerate(stats):
-                    s.load_state_dict({k.split(".", 1)[1]: v for k, v in merged.items() if k.startswith(f"{j}.")})
-            reports = [self._report(j, refs[j], stats[j], *thresholds[j]) for j in range(len(self.embedders))]
-            self._attach_evidence(reports, refs, adapter, sampler, device)
+            self._stream(adapter, sampler, device, scoring, start, stop, on_batch, on_embeddings)
+            return self.finish_pass(scoring, reduce, t0=t0, evidence=(adapter, sampler, device))
+
+    # ------------------------------------------------------------------ a pass, in three steps
+    def start_pass(self, device: torch.device) -> "AttackPass":
+        """Reference similarities, thresholds and empty statistics for one pass over the latents.
+
+        ``run`` uses it; so does a companion attack on other identities (e.g. public ones) that is fed
+        the embeddings of another attack's pass with ``feed`` instead of generating its own samples.
+        """
+        refs = [self._references(i, device) for i in range(len(self.embedders))]
+        thresholds = [self._threshold(i, r) for i, r in enumerate(refs)]
+        keep = max(self.top_k, self.evidence_neighbours, 1)
+        stats = [StreamingIdentityStats(len(self.identities), keep, thr, device, self.num_blocks,
+                                        self.num_samples) for thr, _ in thresholds]
+        return AttackPass(refs, thresholds, stats)
+
+    @staticmethod
+    def feed(scoring: "AttackPass", j: int, embeddings: Tensor, index: Tensor) -> None:
+        """Fold embedder ``j``'s embeddings of the samples with latent indices ``index`` into the pass."""
+        scoring.stats[j].update(scoring.refs[j].similarity(embeddings), index)
+
+    def finish_pass(self, scoring: "AttackPass", reduce: Callable[[dict], dict] | None = None, t0: float | None = None,
+                    evidence: tuple | None = None) -> AttackResult:
+        """Merge shards (``reduce``), compute metrics and the identity table; ``evidence``: (adapter,
+        sampler, device) to regenerate the nearest samples of the most leaked members."""
+        stats, refs, thresholds = scoring.stats, scoring.refs, scoring.thresholds
+        if reduce is not None:
+            merged = reduce({f"{j}.{k}": v for j, s in enumerate(stats) for k, v in s.state_dict().items()})
+            for j, s in enumerate(stats):
+                s.load_state_dict({k.split(".", 1)[1]: v for k, v in merged.items() if k.startswith(f"{j}.")})
+        reports = [self._report(j, refs[j], stats[j], *thresholds[j]) for j in range(len(self.embedders))]
+        if evidence is not None:
+            self._attach_evidence(reports, refs, *evidence)
         return AttackResult.from_reports(
             reports, num_samples=int(stats[0].count), score=self.score, top_k=self.top_k, seed=self.seed,
-            config=self.config(), elapsed_s=time.perf_counter() - t0)
+            config=self.config(), elapsed_s=time.perf_counter() - (t0 if t0 is not None else time.perf_counter()))
 
     def config(self) -> dict[str, Any]:
         return {"num_samples": self.num_samples, "batch_size": self.batch_size, "seed": self.seed,
@@ -274,7 +306,7 @@ class IdentityMembershipAttack:
             raw = adapter(z)
         return check_images(raw, z.shape[0], self.input_range, warned)
 
-    def _stream(self, adapter, sampler, device, refs, stats, start, stop, on_batch, on_embeddings=None) -> None:
+    def _stream(self, adapter, sampler, device, scoring, start, stop, on_batch, on_embeddings=None) -> None:
         from tqdm.auto import tqdm
 
         warned = [False]
@@ -286,11 +318,11 @@ class IdentityMembershipAttack:
                 if on_batch is not None:
                     on_batch(images)
                 index = torch.arange(i, j, device=device)
-                for k, (e, r, s) in enumerate(zip(self.embedders, refs, stats)):
+                for k, e in enumerate(self.embedders):
                     embeddings = self._embed_batch(e, images)
                     if on_embeddings is not None:
                         on_embeddings(k, images, embeddings)
-                    s.update(r.similarity(embeddings), index)
+                    self.feed(scoring, k, embeddings, index)
                 bar.update(j - i)
 
     # ------------------------------------------------------------------ results

@@ -6,6 +6,11 @@ Fréchet distance in the (first) embedder's space, fed by the attack's own embed
 ``on_embeddings`` hook (no second pass), or Inception FID from a local weights file (fed by
 ``on_batch``), or a figure the training loop already computed (``quality_value=``).
 
+With a ``public_audit`` (public identities: canaries trained on on purpose against public people
+never trained on), the same embeddings also feed a companion attack on those identities, recorded as
+``public/leakage/*``: a leakage figure that uses no protected person's photo, so a release rule
+reading it stays post-processing of a DP training.
+
 Auditing never changes training: loading embedders from specs, the audit set, the real-image
 statistics and every audit run inside ``preserved_rng()``, and the generator runs in eval mode (no
 BatchNorm statistic moves).
@@ -36,7 +41,7 @@ import torch
 from torch import nn
 
 from gmia_defend.audit.halves import half_metrics, split_halves
-from gmia_defend.audit.record import IDENTITY_FIELDS, KIMG, AuditRecord
+from gmia_defend.audit.record import IDENTITY_FIELDS, KIMG, LEAKAGE_PREFIX, PUBLIC_PREFIX, AuditRecord
 from gmia_defend.errors import UserError
 from gmia_defend.rng import preserved_rng
 
@@ -74,6 +79,8 @@ class Auditor:
             ``seed``, stratified by membership) and record ``selection/...`` / ``confirmation/...``.
         progress: progress bar during the attack.
         attack_options: extra ``IdentityMembershipAttack`` arguments (``score``, ``top_k``, ...).
+        public_audit: an ``AuditSet`` of public identities (or a zero-argument callable returning one or
+            None): scored on the same generated samples, recorded as ``public/leakage/*``.
 
     >>> Auditor("synthetic", audit=None, num_samples=1000).num_samples  # nothing is loaded before the first audit
     1000
@@ -81,7 +88,8 @@ class Auditor:
 
     def __init__(self, embedder: Any, audit: Any, num_samples: int = 5000, batch_size: int = 256, seed: int = 0,
                  quality: bool = True, fid_weights_path: str | None = None, real_images: Any = None,
-                 halves: bool = True, progress: bool = False, attack_options: dict | None = None) -> None:
+                 halves: bool = True, progress: bool = False, attack_options: dict | None = None,
+                 public_audit: Any = None) -> None:
         if int(num_samples) < 2:
             raise UserError(f"num_samples must be >= 2; got {num_samples}")
         self.embedder_spec, self._audit_arg = embedder, audit
@@ -92,6 +100,8 @@ class Auditor:
         self.embedders: list[Any] | None = None
         self.quality: Any = None
         self.attack: Any = None
+        self._public_arg = public_audit
+        self.public_attack: Any = None  # the companion attack on public identities (None without them)
         self.result: Any = None  # the AttackResult of the latest audit (evidence images)
         self._prepared = False
         self._warned: set[tuple] = set()  # (category, file, line) of warnings already shown by this auditor
@@ -117,6 +127,13 @@ class Auditor:
             self.attack = IdentityMembershipAttack(
                 self.embedders if len(self.embedders) > 1 else self.embedders[0], audit,
                 num_samples=self.num_samples, batch_size=self.batch_size, seed=self.seed, **options)
+            public = self._public_arg() if callable(self._public_arg) and not hasattr(
+                self._public_arg, "member_identities") else self._public_arg
+            if public is not None:
+                options.update(progress=False, evidence_identities=0)
+                self.public_attack = IdentityMembershipAttack(
+                    self.embedders if len(self.embedders) > 1 else self.embedders[0], public,
+                    num_samples=self.num_samples, batch_size=self.batch_size, seed=self.seed, **options)
             if self.quality_enabled:
                 self.quality = self._build_quality(device)
         return self
@@ -128,6 +145,8 @@ class Auditor:
         if not self._prepared and hasattr(self.attack, "prepare"):
             with preserved_rng():
                 self.attack.prepare(device)
+                if self.public_attack is not None:
+                    self.public_attack.prepare(device)
             self._prepared = True
         self._ensure_real()
         return self
@@ -175,6 +194,9 @@ class Auditor:
                 self._ensure_real()
                 measure.reset_fake()
             on_batch, on_embeddings = self._hooks(measure)
+            public = self._public_pass(generator, shard)
+            if public is not None:
+                on_embeddings = public.hook(on_embeddings)
 
             def merge(stats: dict) -> dict:
                 merged = reduce(stats) if reduce is not None else stats
@@ -191,6 +213,10 @@ class Auditor:
             finally:
                 self._show_once(caught)
             metrics = self._metrics(result)
+            if public is not None:
+                public_result = self.public_attack.finish_pass(public.scoring, reduce)
+                metrics.update({PUBLIC_PREFIX + k: v for k, v in self._metrics(public_result).items()
+                                if k.startswith(LEAKAGE_PREFIX)})
             if quality_value is not None:
                 metrics[quality_key] = float(quality_value)
             elif measure is not None:
@@ -204,6 +230,20 @@ class Auditor:
                            checkpoint=checkpoint, num_samples=int(result.num_samples),
                            embedder=getattr(result, "worst_embedder", None) or getattr(result, "embedder_name", None),
                            time=time.time(), audit_s=round(time.perf_counter() - t0, 3))
+
+    def _public_pass(self, generator: Any, shard: tuple[int, int]) -> "_PublicPass | None":
+        """The companion pass on the public identities, fed the main pass's embeddings (None without them)."""
+        if self.public_attack is None:
+            return None
+        from gmia_defend.attack.generators import GeneratorAdapter
+
+        device = self.attack._resolve_device(GeneratorAdapter(generator, self.attack.z_dim))
+        rank, world = (int(v) for v in shard)
+        self.public_attack.prepare(device)  # cached references: free after the first audit
+        with torch.no_grad():
+            scoring = self.public_attack.start_pass(device)
+        return _PublicPass(self.public_attack, scoring,
+                           self.num_samples * rank // world, len(self.embedders or [None]))
 
     def _show_once(self, caught: list) -> None:
         """Re-issue each warning of the attack once per auditor (e.g. clamping), not at every audit."""
@@ -257,6 +297,26 @@ class Auditor:
                 row["half"] = halves.get(str(r.get("identity")))
             rows.append(row)
         return rows, halves
+
+
+class _PublicPass:
+    """Feeds the companion attack the main pass's embeddings, with the latent index of each sample
+    (batches arrive in latent order, once per embedder)."""
+
+    def __init__(self, attack: Any, scoring: Any, start: int, embedders: int) -> None:
+        self.attack, self.scoring = attack, scoring
+        self.next_index = [start] * embedders
+
+    def hook(self, inner: Callable | None) -> Callable:
+        def on_embeddings(j: int, images: torch.Tensor, embeddings: torch.Tensor) -> None:
+            if inner is not None:
+                inner(j, images, embeddings)
+            first = self.next_index[j]
+            self.next_index[j] = first + embeddings.shape[0]
+            index = torch.arange(first, self.next_index[j], device=embeddings.device)
+            self.attack.feed(self.scoring, j, embeddings, index)
+
+        return on_embeddings
 
 
 def _device_of(generator: Any) -> torch.device | None:

@@ -29,12 +29,15 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable, Mapping
 
 from gmia_defend.audit.record import (CONFIRMATION, DEFAULT_BUDGET, DEFAULT_METRIC, LEAKAGE_PREFIX, P_VALUE,
-                                      SELECTION, AuditRecord, as_records, half_key, quality_key_of,
-                                      successful_audits)
+                                      PUBLIC_PREFIX, SELECTION, AuditRecord, as_records, half_key, is_public,
+                                      quality_key_of, successful_audits)
 from gmia_defend.errors import UserError
 
 CORRECTION_SPLIT = ("identity split: the rule selected on a seeded half of the audited identities (stratified by "
                     "membership); the reported figures come from the other half, which took no part in the choice")
+CORRECTION_PUBLIC = ("none needed: the rule read public identities only (canaries trained on on purpose against "
+                     "public people never trained on), so the figures reported on the protected identities took no "
+                     "part in the choice")
 CORRECTION_NONE = ("none: the audits did not split their identities, so the reported figures come from the same "
                    "identities the rule selected on and are biased low (winner's curse over the audits compared)")
 
@@ -44,7 +47,9 @@ class ReleaseRule:
     """Options of ``select_release``; ``min_kimg`` and ``min_quality_gain`` keep untrained generators out.
 
     ``use_leakage=False`` selects on quality alone (with a public quality reference, a choice that
-    uses no private data, so a DP epsilon covers it); leakage is still reported.
+    uses no private data, so a DP epsilon covers it); leakage is still reported. A ``public/leakage/...``
+    metric (public canaries, see ``IdentityDataModule(public_canaries=...)``) selects on leakage
+    without private data: the protected identities' figures are then reported on all of them.
     """
 
     budget: float = DEFAULT_BUDGET
@@ -83,8 +88,9 @@ class StopRule:
 
 
 def _check_common(metric: str, alpha: float | None) -> None:
-    if not str(metric).startswith(LEAKAGE_PREFIX):
-        raise UserError(f"metric must be a leakage/... key (e.g. leakage/auc); got {metric!r}")
+    if not str(metric).startswith((LEAKAGE_PREFIX, PUBLIC_PREFIX + LEAKAGE_PREFIX)):
+        raise UserError(f"metric must be a leakage/... key (e.g. leakage/auc), or public/leakage/... for the public "
+                        f"canaries; got {metric!r}")
     if alpha is not None and not 0.0 < float(alpha) < 1.0:
         raise UserError(f"alpha (the p-value threshold) must be in (0, 1); got {alpha}")
 
@@ -111,6 +117,17 @@ def _value(r: AuditRecord, key: str, halves: bool) -> float:
     return r.metric(half_key(key, SELECTION)) if halves else r.metric(key)
 
 
+def _p_key(metric: str) -> str:
+    """The p-value that goes with ``metric``: the public canaries' own for a public metric."""
+    return PUBLIC_PREFIX + P_VALUE if is_public(metric) else P_VALUE
+
+
+def _label(metric: str, halves: bool) -> str:
+    if is_public(metric):
+        return f"{metric} (public canaries)"
+    return f"{metric} (selection half)" if halves else metric
+
+
 # ------------------------------------------------------------------------------------ release
 def select_release(records: Iterable[Any], rule: ReleaseRule | Mapping[str, Any] | None = None,
                    **overrides: Any) -> dict[str, Any]:
@@ -126,7 +143,7 @@ def select_release(records: Iterable[Any], rule: ReleaseRule | Mapping[str, Any]
     audits = successful_audits(records)
     qkey = rule.quality_metric or quality_key_of(audits)
     halves = rule.halves and _has_halves(audits, rule.metric)
-    label = f"{rule.metric} (selection half)" if halves else rule.metric
+    label = _label(rule.metric, halves)
     baseline = next((r for r in audits if r.kimg <= 0.0), None)
     base_q = baseline.metric(qkey) if baseline is not None and qkey else math.nan
     candidates = [_candidate(r, rule, qkey, halves, label, base_q) for r in audits]
@@ -145,15 +162,22 @@ def select_release(records: Iterable[Any], rule: ReleaseRule | Mapping[str, Any]
         "quality_metric": qkey, "min_kimg": rule.min_kimg, "options": asdict(rule),
         "rule": _rule_text(rule, qkey, label),
         "message": _message(chosen, audits, candidates, rule, qkey, label),
-        "selected_on": "selection half of the audited identities" if halves else "all audited identities",
-        "correction": CORRECTION_SPLIT if halves else CORRECTION_NONE,
+        "selected_on": _selected_on(rule.metric, halves),
+        "correction": CORRECTION_PUBLIC if is_public(rule.metric) else CORRECTION_SPLIT if halves else CORRECTION_NONE,
         "reported": None, "selection_figures": None, "candidates": candidates,
     }
     if chosen is not None:
         record = next(r for r in audits if r.kimg == chosen["kimg"])
         decision["reported"] = record.half_metrics(CONFIRMATION) if halves else _plain(record.metrics)
-        decision["selection_figures"] = record.half_metrics(SELECTION) if halves else None
+        decision["selection_figures"] = record.half_metrics(SELECTION) if halves else (
+            {k: v for k, v in record.metrics.items() if is_public(k)} if is_public(rule.metric) else None)
     return decision
+
+
+def _selected_on(metric: str, halves: bool) -> str:
+    if is_public(metric):
+        return "public identities only (canaries trained on on purpose vs public people never trained on)"
+    return "selection half of the audited identities" if halves else "all audited identities"
 
 
 def _plain(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -163,7 +187,7 @@ def _plain(metrics: Mapping[str, float]) -> dict[str, float]:
 def _candidate(r: AuditRecord, rule: ReleaseRule, qkey: str | None, halves: bool, label: str,
                base_q: float) -> dict[str, Any]:
     leak = _value(r, rule.metric, halves)
-    p = _value(r, P_VALUE, halves)
+    p = _value(r, _p_key(rule.metric), halves)
     qual = r.metric(qkey) if qkey else math.nan
     cand = {"kimg": r.kimg, "step": r.step, "checkpoint": r.checkpoint, "leakage": leak, "quality": qual,
             "p_value": p, "metrics": dict(r.metrics), "eligible": False, "chosen": False}
@@ -252,14 +276,14 @@ def stop_decision(records: Iterable[Any], rule: StopRule | Mapping[str, Any] | N
     rule = _rule(rule, StopRule, overrides)
     records = as_records(records)
     halves = rule.halves and _has_halves(records, rule.metric)
-    label = f"{rule.metric} (selection half)" if halves else rule.metric
+    label = _label(rule.metric, halves)
     state = {"wait": 0, "quality_wait": 0, "best_quality": math.inf, "leakage_at_best_quality": math.nan}
     out: dict[str, Any] = {"stop": False, "reason": None, "message": None, "kimg": None}
     for r in records:
         out = {"stop": False, "reason": None, "message": None, "kimg": r.kimg}
         if not r.ok:
             continue
-        value, p = _value(r, rule.metric, halves), _value(r, P_VALUE, halves)
+        value, p = _value(r, rule.metric, halves), _value(r, _p_key(rule.metric), halves)
         if not math.isfinite(value):
             out["message"] = f"LeakageEarlyStopping: {label} not measured at {r.kimg:g} kimg; not counted"
             continue
@@ -314,4 +338,4 @@ def kept_candidates(records: Iterable[Any], rule: ReleaseRule | Mapping[str, Any
 
 
 __all__ = ["ReleaseRule", "StopRule", "select_release", "stop_decision", "kept_candidates",
-           "CORRECTION_SPLIT", "CORRECTION_NONE"]
+           "CORRECTION_SPLIT", "CORRECTION_NONE", "CORRECTION_PUBLIC"]

@@ -44,6 +44,10 @@ FD_PREFIX = "quality/fd_"
 LEAKAGE_PREFIX = "leakage/"
 QUALITY_PREFIX = "quality/"
 PRIVACY_PREFIX = "privacy/"
+# Leakage on public identities (canaries trained on on purpose vs public people never trained on):
+# ``public/leakage/auc`` etc. A rule reading only these uses no protected person's photo.
+PUBLIC_PREFIX = "public/"
+PUBLIC_AUC = PUBLIC_PREFIX + AUC
 # The identity halves: the release rule selects on SELECTION, figures for the release come from CONFIRMATION.
 SELECTION = "selection"
 CONFIRMATION = "confirmation"
@@ -63,6 +67,11 @@ DEFAULT_METRIC = AUC
 def half_key(key: str, half: str) -> str:
     """``leakage/auc`` on one identity half: ``selection/leakage/auc`` or ``confirmation/leakage/auc``."""
     return f"{half}/{key}"
+
+
+def is_public(key: str) -> bool:
+    """Whether a metric key describes the public canaries (``public/leakage/...``), not protected people."""
+    return str(key).startswith(PUBLIC_PREFIX)
 
 
 def to_float(value: Any) -> float:

@@ -10,14 +10,15 @@ from typing import Any, Sequence
 
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from gmia_defend.audit.record import DEFAULT_METRIC, LEAKAGE_PREFIX, QUALITY_PREFIX, AuditRecord
+from gmia_defend.audit.record import DEFAULT_METRIC, LEAKAGE_PREFIX, PUBLIC_PREFIX, QUALITY_PREFIX, AuditRecord
 
 
 def scalars_of(record: AuditRecord) -> dict[str, float]:
-    """The finite ``leakage/*``, ``quality/*``, ``progress/*`` and per-half figures (privacy/* is the privacy
-    monitor's to log)."""
+    """The finite ``leakage/*``, ``quality/*``, ``progress/*``, per-half and public-canary figures (privacy/* is
+    the privacy monitor's to log)."""
     return {k: v for k, v in record.metrics.items() if math.isfinite(v)
-            and k.split("/", 1)[0] + "/" in (LEAKAGE_PREFIX, QUALITY_PREFIX, "progress/", "selection/", "confirmation/")}
+            and k.split("/", 1)[0] + "/" in (LEAKAGE_PREFIX, QUALITY_PREFIX, PUBLIC_PREFIX, "progress/", "selection/",
+                                             "confirmation/")}
 
 
 def log_to_loggers(trainer: Any, record: AuditRecord, history: Sequence[AuditRecord], log: Any, result: Any,

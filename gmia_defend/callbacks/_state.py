@@ -25,6 +25,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from gmia_defend.errors import UserError
+
 
 
 def resolve_run_dir(trainer: pl.Trainer, run_dir: str | Path | None) -> Path:
@@ -55,6 +57,21 @@ def resolve_generator(pl_module: pl.LightningModule, spec: Any) -> Any:
 
 def has_monitor(trainer: pl.Trainer) -> bool:
     return any(getattr(cb, "emits_leakage_audits", False) for cb in trainer.callbacks)
+
+
+def check_public_metric(trainer: pl.Trainer, metric: str, who: str) -> None:
+    """Refuse a rule on ``public/leakage/...`` when no monitor audits public canaries (it would never be measured)."""
+    if not str(metric).startswith("public/"):
+        return
+    dm = getattr(trainer, "datamodule", None)
+    for cb in trainer.callbacks:
+        if not getattr(cb, "emits_leakage_audits", False):
+            continue
+        given = getattr(cb, "public_audit", None)
+        if given is not False and (given is not None or int(getattr(dm, "public_canaries", 0) or 0) > 0):
+            return
+    raise UserError(f"{who} reads {metric}, but nothing audits public canaries: set data.public_canaries=N (with "
+                    "data.public_identities or data.public_folder), or give IdentityLeakageMonitor(public_audit=...)")
 
 
 def audit_listeners(trainer: pl.Trainer, hook: str = "on_leakage_audit") -> list[Any]:

@@ -23,7 +23,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from gmia_defend.audit.policies import StopRule, stop_decision
 from gmia_defend.audit.record import DEFAULT_BUDGET, DEFAULT_METRIC, AuditRecord
-from gmia_defend.callbacks._state import has_monitor
+from gmia_defend.callbacks._state import check_public_metric, has_monitor
 from gmia_defend.errors import UserError
 
 
@@ -89,6 +89,8 @@ class LeakageEarlyStopping(pl.Callback):
         if stage == "fit" and not has_monitor(trainer):
             raise UserError("LeakageEarlyStopping needs an IdentityLeakageMonitor among the trainer's callbacks "
                             "(it reads the monitor's audits); add one")
+        if stage == "fit":
+            check_public_metric(trainer, self.rule.metric, "LeakageEarlyStopping")
 
     def on_leakage_audit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: Any) -> None:
         """Called by the monitor after each audit, on every process (the decision is reduced)."""

@@ -35,7 +35,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from gmia_defend.audit.auditor import Auditor, load_embedders
 from gmia_defend.audit.log import AuditLog, audit_records
-from gmia_defend.audit.record import KIMG, LEAKAGE_PREFIX, PRIVACY_PREFIX, QUALITY_PREFIX, AuditRecord
+from gmia_defend.audit.record import KIMG, LEAKAGE_PREFIX, PRIVACY_PREFIX, PUBLIC_PREFIX, QUALITY_PREFIX, AuditRecord
 from gmia_defend.callbacks._ddp import PeerAuditFailed, ddp_reducers
 from gmia_defend.callbacks._loggers import keep_split_out_of_remote_loggers, log_to_loggers
 from gmia_defend.callbacks._real_images import QUALITY_REFERENCES, real_images_for
@@ -75,6 +75,10 @@ class IdentityLeakageMonitor(pl.Callback):
         audit_at_start / audit_on_train_end: also audit when training starts / ends.
         evidence: write the evidence grid (reference photo beside the nearest generated faces).
         attack_options: extra keyword arguments for ``IdentityMembershipAttack``.
+        public_audit: an ``AuditSet`` of public identities (canaries trained on on purpose vs public
+            people never trained on), scored on the same samples as ``public/leakage/*``; None takes
+            ``trainer.datamodule.public_audit_set`` when the datamodule has one
+            (``IdentityDataModule(public_canaries=...)``); False turns it off.
     """
 
     emits_leakage_audits = True  # how the other callbacks find a monitor without importing this module
@@ -86,7 +90,8 @@ class IdentityLeakageMonitor(pl.Callback):
                  num_real_images: int | None = None, quality_reference: Any = "train", halves: bool = True,
                  run_dir: str | None = None, fail_on_error: bool = False, pseudonymize: bool = True,
                  pseudonym_key: str | None = None, progress: bool = True, audit_at_start: bool = False,
-                 audit_on_train_end: bool = True, evidence: bool = True, attack_options: dict | None = None) -> None:
+                 audit_on_train_end: bool = True, evidence: bool = True, attack_options: dict | None = None,
+                 public_audit: Any = None) -> None:
         super().__init__()
         given = [v is not None for v in (every_n_kimg, every_n_steps, every_n_epochs)]
         if sum(given) > 1:
@@ -104,6 +109,7 @@ class IdentityLeakageMonitor(pl.Callback):
             raise UserError(f"quality_reference must be one of {', '.join(QUALITY_REFERENCES)}, a folder of public "
                             f"images, a tensor or a callable; got {quality_reference!r}")
         self.embedder_spec, self.audit, self.generator = embedder, audit, generator
+        self.public_audit = public_audit
         self.every_n_kimg = float(every_n_kimg) if every_n_kimg is not None else None
         self.every_n_steps = int(every_n_steps) if every_n_steps is not None else None
         self.every_n_epochs = int(every_n_epochs) if every_n_epochs is not None else None
@@ -154,7 +160,7 @@ class IdentityLeakageMonitor(pl.Callback):
                 load_embedders(self.embedder_spec), lambda: self._resolve_audit(trainer), self.num_samples,
                 self.batch_size, self.seed, quality=self.fid, fid_weights_path=self.fid_weights_path,
                 real_images=lambda: self._real_images(trainer), halves=self.halves, progress=self.progress,
-                attack_options=self.attack_options)
+                attack_options=self.attack_options, public_audit=lambda: self.resolve_public_audit(trainer))
         keep_split_out_of_remote_loggers(trainer, self.pseudonymize)
 
     def _resolve_audit(self, trainer: pl.Trainer) -> Any:
@@ -166,6 +172,15 @@ class IdentityLeakageMonitor(pl.Callback):
             raise UserError("IdentityLeakageMonitor has no audit set: pass audit=AuditSet.from_split(dataset, "
                             "split), or train with an IdentityDataModule (its .audit_set is used)")
         return audit
+
+    def resolve_public_audit(self, trainer: pl.Trainer) -> Any:
+        """The public canaries' audit set: the one given, else the datamodule's (None when there is none)."""
+        if self.public_audit is False:
+            return None
+        if self.public_audit is not None:
+            return self.public_audit
+        dm = getattr(trainer, "datamodule", None)
+        return getattr(dm, "public_audit_set", None) if dm is not None else None
 
     def _real_images(self, trainer: pl.Trainer) -> torch.Tensor:
         n = int(self.num_real_images or self.num_samples)
@@ -302,7 +317,7 @@ class IdentityLeakageMonitor(pl.Callback):
         on_step = hook == "on_train_batch_end"
         own_kimg = module_kimg(pl_module) is None  # a module tracking kimg logs progress/kimg itself
         for key, value in record.metrics.items():
-            if (key.startswith((LEAKAGE_PREFIX, QUALITY_PREFIX)) or (own_kimg and key == KIMG)) \
+            if (key.startswith((LEAKAGE_PREFIX, QUALITY_PREFIX, PUBLIC_PREFIX)) or (own_kimg and key == KIMG)) \
                     and math.isfinite(value):
                 pl_module.log(key, value, on_step=on_step, on_epoch=not on_step, logger=False, prog_bar=False,
                               batch_size=1, sync_dist=False)

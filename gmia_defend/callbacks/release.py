@@ -32,7 +32,7 @@ from gmia_defend.audit.artifact import save_release
 from gmia_defend.audit.log import kimg_tag
 from gmia_defend.audit.policies import ReleaseRule, kept_candidates, select_release
 from gmia_defend.audit.record import DEFAULT_BUDGET, DEFAULT_METRIC, AuditRecord
-from gmia_defend.callbacks._state import has_monitor, metric_of, resolve_run_dir
+from gmia_defend.callbacks._state import check_public_metric, has_monitor, metric_of, resolve_run_dir
 from gmia_defend.errors import UserError
 from gmia_defend.io import atomic_write, write_json_atomic
 from gmia_defend.report.release import covered_selection_problem, epsilon_figures, selection_privacy
@@ -89,6 +89,7 @@ class ReleaseCheckpointSelector(pl.Callback):
         if not has_monitor(trainer):
             raise UserError("ReleaseCheckpointSelector needs an IdentityLeakageMonitor among the trainer's "
                             "callbacks (it releases audited generators); add one")
+        check_public_metric(trainer, self.rule.metric, "ReleaseCheckpointSelector")
         if self.require_covered_epsilon:
             mon = monitors[0]
             problem = covered_selection_problem(self.rule, getattr(mon, "quality_reference", "train"),
@@ -162,10 +163,11 @@ class ReleaseCheckpointSelector(pl.Callback):
             if trainer is not None else {}
         decision.update(epsilon_figures(decision["chosen"], history, at_end))
         reference = next((r.extra.get("quality_reference") for r in reversed(history) if r.ok), None)
-        stopped = next((type(cb).__name__ for cb in getattr(trainer, "callbacks", []) or []
+        stopper = next((cb for cb in getattr(trainer, "callbacks", []) or []
                         if getattr(cb, "stopped_kimg", None) is not None), None)
         decision.update(selection_privacy(self.rule, decision["quality_metric"], reference, decision["epsilon"],
-                                          stopped))
+                                          type(stopper).__name__ if stopper is not None else None,
+                                          getattr(stopper, "metric", None)))
         privacy = self._privacy_summary(trainer)
         if privacy is not None:
             decision["privacy"] = privacy  # per image or per person, the scheme, and whether epsilon is valid

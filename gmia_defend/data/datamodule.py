@@ -4,9 +4,16 @@ Why: a GAN script (or LightningCLI YAML) should get, from one object, both the i
 and the held-out references the leakage callbacks audit with, so the two can never disagree. All
 arguments are plain types so LightningCLI can set them from YAML.
 
-Batches are ``(images float32 [B,3,R,R] in [-1,1], labels int64 [B])`` where a label is the identity's
-index in ``datamodule.dataset.identities`` (identity-level DP groups by it; for public training
-images, its index in ``datamodule.public_dataset.identities``).
+Batches are ``(images float32 [B,3,R,R] in [-1,1], labels int64 [B])`` where a label identifies the
+person (identity-level DP groups by it, so two people never share one):
+
+- a member's label is its index in ``datamodule.dataset.identities``;
+- with ``train_on="public"``, a public person's label is its index in ``datamodule.public_dataset.identities``;
+- a public canary trained with the members (``public_canaries``) is labelled
+  ``len(datamodule.dataset.identities) + its index in datamodule.public_dataset.identities`` when the
+  public people come from another dataset (a disjoint synthetic range, a ``public_folder``), and by
+  its index in ``datamodule.dataset.identities`` when they are unused identities of the same folder
+  (``public_dataset is dataset``): never a member's label.
 
 The data order is a function of ``split_seed`` and the epoch, and the position in the epoch is
 saved in checkpoints: a run resumed from a checkpoint trains on exactly the batches the
@@ -18,14 +25,24 @@ non-members, nor population): ``public_identities`` synthetic identities from a 
 the dataset's, or that many unused identities of the folder, or every identity of ``public_folder``.
 The split records them (``split.json``), and refuses any overlap with the audited identities.
 
+Public canaries: ``public_canaries=C`` mixes C public identities into the member training set on
+purpose, each with held-out references, against public control identities never trained on.
+``datamodule.public_audit_set`` audits them (canaries as members, controls as non-members): a
+leakage figure computed from public people only, so a release rule that reads it (e.g. choosing a
+checkpoint under differential privacy) touches no protected data. ``split.json`` records the
+canaries, the controls and their reference keys.
+
 One file on purpose: the training data, its resumable order and the matching audit set come from one split and must agree.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +58,12 @@ from gmia_defend.errors import DataError, UserError
 
 TRAIN_ON = ("members", "public")
 
-__all__ = ["IdentityDataModule", "PrerenderedImages", "IndexedImages"]
+__all__ = ["IdentityDataModule", "PrerenderedImages", "IndexedImages", "ConcatImages"]
+
+# seed offsets (added to split_seed) of the public audit's draws
+_CANARY_DRAW_SEED = 32_452_843
+_CANARY_REFERENCE_SEED = 49_979_687
+_CANARY_CAP_SEED = 67_867_967
 
 
 class PrerenderedImages(Dataset):
@@ -59,18 +81,38 @@ class PrerenderedImages(Dataset):
 
 
 class IndexedImages(Dataset):
-    """A view of some dataset indices, loaded per item (for image folders, with workers)."""
+    """A view of some dataset indices, loaded per item (for image folders, with workers).
 
-    def __init__(self, dataset: IdentityDataset, indices: list[int]) -> None:
+    ``label_offset`` is added to every label (people of another dataset trained alongside)."""
+
+    def __init__(self, dataset: IdentityDataset, indices: list[int], label_offset: int = 0) -> None:
         self.dataset = dataset
         self.indices = list(indices)
-        self.labels = dataset.targets[torch.as_tensor(self.indices, dtype=torch.int64)]
+        self.labels = dataset.targets[torch.as_tensor(self.indices, dtype=torch.int64)] + int(label_offset)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.dataset.load([self.indices[i]])[0], self.labels[i]
+
+
+class ConcatImages(Dataset):
+    """Image datasets with ``.labels`` one after another; ``.labels`` is their concatenation."""
+
+    def __init__(self, parts: list[Dataset]) -> None:
+        self.parts = list(parts)
+        self.labels = torch.cat([p.labels for p in self.parts]).to(torch.int64)  # type: ignore[attr-defined]
+        self._ends = list(itertools.accumulate(len(p) for p in self.parts))  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        k = bisect.bisect_right(self._ends, i)
+        return self.parts[k][i - (self._ends[k - 1] if k else 0)]
 
 
 class IdentityDataModule(pl.LightningDataModule):
@@ -89,6 +131,17 @@ class IdentityDataModule(pl.LightningDataModule):
     ...                               resolution=16, public_identities=3, train_on="public")
     >>> pretrain.num_train_images  # 3 public identities x 4 images; no member image
     12
+
+    Public canaries: 2 of 8 public identities are trained on with the members, 6 are controls.
+
+    >>> canary = IdentityDataModule(num_members=2, num_nonmembers=2, num_population_identities=0,
+    ...                             images_per_identity=4, references_per_identity=1, batch_size=2,
+    ...                             resolution=16, public_identities=8, public_canaries=2)
+    >>> canary.num_train_images  # 2 members x 3 + 2 canaries x 4 training images
+    14
+    >>> audit = canary.public_audit_set
+    >>> len(audit.member_identities), len(audit.nonmember_identities), sorted(audit.train_counts.values())
+    (2, 6, [4, 4])
 
     Args:
         dataset: "synthetic" (procedural faces) or a folder path laid out as root/<identity>/<image>.
@@ -122,6 +175,21 @@ class IdentityDataModule(pl.LightningDataModule):
             ``images_per_identity``).
         public_folder: a folder root/<identity>/<image> of public people; all its identities are
             public (names must not be members, non-members or population identities).
+        public_canaries: number of public identities mixed into the member training set on purpose
+            and audited as public members by ``public_audit_set`` (0: none; else >= 2; needs
+            ``public_identities`` or ``public_folder``). Drawn among the public identities with a
+            seeded shuffle (``split_seed``); each holds out ``references_per_identity`` seeded
+            references (never trained on) and trains on its other images (capped by
+            ``max_images_per_identity`` like the members). With ``train_on="public"`` the canaries
+            and controls are left out of pretraining.
+        public_canary_images: synthetic public people only: training images per canary (default
+            ``public_images_per_identity``); canaries are rendered with this many +
+            ``references_per_identity`` images, so they can be over-represented like the members.
+        public_controls: public identities never trained on, audited as public non-members
+            (default ``4 * public_canaries``, capped by the public identities left; at least 2).
+            From a folder, canaries and controls must both have >= ``references_per_identity`` + 1
+            images (one eligibility rule, as for members and non-members); synthetic controls need
+            ``public_images_per_identity >= references_per_identity``.
     """
 
     def __init__(
@@ -151,6 +219,9 @@ class IdentityDataModule(pl.LightningDataModule):
         public_identities: int = 0,
         public_images_per_identity: int | None = None,
         public_folder: str | None = None,
+        public_canaries: int = 0,
+        public_canary_images: int | None = None,
+        public_controls: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -198,6 +269,10 @@ class IdentityDataModule(pl.LightningDataModule):
         if train_on == "public" and not (self.public_identities or public_folder):
             raise UserError("data.train_on=public needs public people: set data.public_identities=N (identities "
                             "outside the split) or data.public_folder=PATH")
+        self.public_canaries = int(public_canaries or 0)
+        self.public_canary_images = None if public_canary_images is None else int(public_canary_images)
+        self.public_controls = None if public_controls is None else int(public_controls)
+        self._check_public_audit_args()
         self._public: IdentityDataset | None = None
         self._public_indices: list[int] | None = None
         self._sampler: ResumableBatchSampler | None = None
@@ -207,6 +282,32 @@ class IdentityDataModule(pl.LightningDataModule):
         self._audit: AuditSet | None = None
         self._train: Dataset | None = None
         self._train_indices: list[int] | None = None
+        self._public_audit: AuditSet | None = None
+        self._public_audit_draw: tuple[list[str], list[str]] | None = None  # synthetic: drawn before rendering
+        self._canary_train_keys: dict[str, list[str]] = {}
+        self._pretrain_indices: list[int] | None = None
+
+    def _check_public_audit_args(self) -> None:
+        c = self.public_canaries
+        if c == 0:
+            extra = [name for name, v in (("public_canary_images", self.public_canary_images),
+                                          ("public_controls", self.public_controls)) if v is not None]
+            if extra:
+                raise UserError(f"data.{' and data.'.join(extra)} set but data.public_canaries=0; set "
+                                "data.public_canaries=N (>= 2) or drop them")
+            return
+        if not (self.public_identities or self.public_folder):
+            raise UserError("data.public_canaries needs public people: set data.public_identities=N (identities "
+                            "outside the split) or data.public_folder=PATH")
+        if c < 2:
+            raise UserError(f"data.public_canaries={c}: the public audit needs at least 2 canaries (and 2 controls); "
+                            "set data.public_canaries >= 2, or 0 for none")
+        if self.public_canary_images is not None and self.public_canary_images < 1:
+            raise UserError(f"data.public_canary_images={self.public_canary_images}: every canary needs >= 1 "
+                            "training image; set it >= 1 or leave it unset")
+        if self.public_controls is not None and self.public_controls < 2:
+            raise UserError(f"data.public_controls={self.public_controls}: the public audit needs at least 2 "
+                            "control identities; set data.public_controls >= 2 or leave it unset (4 per canary)")
 
     # ---- lazily built pieces -------------------------------------------------------------------
     def _build(self) -> None:
@@ -255,6 +356,12 @@ class IdentityDataModule(pl.LightningDataModule):
         self._dataset, self._split = dataset, split
         if self.public_identities or self.public_folder:
             self._split = self._with_public(dataset, split)
+            if self.train_on == "public" and self.public_canaries and not self._pretrain_indices:
+                s = self._split
+                raise UserError(f"data.train_on=public: no public identity is left for pretraining ({len(s.public)} "
+                                f"public identities: {len(s.public_canaries)} canaries + {len(s.public_controls)} "
+                                "controls, reserved for the public audit); raise data.public_identities (or use a "
+                                "bigger data.public_folder) or lower data.public_controls")
 
     def _capped(self, dataset: IdentityDataset, split: IdentitySplit) -> IdentitySplit:
         """The split with at most ``max_images_per_identity`` training images per member."""
@@ -289,10 +396,24 @@ class IdentityDataModule(pl.LightningDataModule):
 
         if isinstance(dataset, SyntheticFaces):
             # identity indices right after the dataset's own: disjoint by construction
-            public = SyntheticFaces(self.public_identities, self.public_images_per_identity,
+            offset = dataset.identity_offset + dataset.num_identities
+            counts: int | list[int] = self.public_images_per_identity
+            if self.public_canaries:
+                # draw canaries first: they are rendered with their references on top of their training images
+                names = SyntheticFaces(self.public_identities, 1, resolution=self.resolution, seed=dataset.seed,
+                                       identity_offset=offset, nuisance=dataset.nuisance).identities
+                self._public_audit_draw = self._draw_public_audit(names, None)
+                canaries = self._public_audit_draw[0]
+                r = self.references_per_identity
+                if self.public_images_per_identity < r:
+                    raise UserError(f"data.public_images_per_identity={self.public_images_per_identity} is below "
+                                    f"references_per_identity={r}: public controls need {r} reference images each; "
+                                    f"raise data.public_images_per_identity to >= {r}")
+                train = self.public_canary_images or self.public_images_per_identity
+                counts = [train + r if n in canaries else self.public_images_per_identity for n in names]
+            public = SyntheticFaces(self.public_identities, counts,
                                     resolution=self.resolution, seed=dataset.seed,
-                                    identity_offset=dataset.identity_offset + dataset.num_identities,
-                                    nuisance=dataset.nuisance)
+                                    identity_offset=offset, nuisance=dataset.nuisance)
             return public, list(range(len(public)))
         used = set(split.members) | set(split.nonmembers) | {dataset.identity_of_key(k) for k in split.population}
         free = [n for n in dataset.identities if n not in used]
@@ -311,7 +432,67 @@ class IdentityDataModule(pl.LightningDataModule):
         self._public, self._public_indices = public, indices
         # refuses, naming them, public identities the split already uses; people from another dataset
         # (a disjoint synthetic range, a public folder) are recorded with that dataset's spec
-        return split.with_public(names, dataset=None if public is dataset else public.spec())
+        split = split.with_public(names, dataset=None if public is dataset else public.spec())
+        self._pretrain_indices = list(indices)
+        if self.public_canaries:
+            split = self._with_public_audit(public, names, split)
+            reserved = set(split.public_canaries) | set(split.public_controls)
+            self._pretrain_indices = [i for i in indices if public.identities[int(public.targets[i])] not in reserved]
+        return split
+
+    def _draw_public_audit(self, names: list[str], counts: dict[str, int] | None) -> tuple[list[str], list[str]]:
+        """(canaries, controls) drawn from ``names`` by a seeded shuffle. ``counts`` (images per name)
+        None: synthetic people, rendered after the draw with as many images as they need."""
+        c, r = self.public_canaries, self.references_per_identity
+        order = sorted(names)
+        random.Random(self.split_seed + _CANARY_DRAW_SEED).shuffle(order)
+        need = r + 1
+        # one eligibility rule for canaries and controls, so being a canary cannot correlate with photo count
+        eligible = order if counts is None else [n for n in order if counts[n] >= need]
+        if len(eligible) < c:
+            raise UserError(f"data.public_canaries={c} but only {len(eligible)} of the {len(order)} public identities "
+                            f"have >= {need} images (references_per_identity={r} held out + >= 1 training image); "
+                            "lower data.public_canaries or data.references_per_identity, or use public people with "
+                            "more images")
+        rest = eligible[c:]
+        k = min(4 * c, len(rest)) if self.public_controls is None else self.public_controls
+        if k < 2 or k > len(rest):
+            asked = "" if self.public_controls is None else f" data.public_controls={self.public_controls} asks for {k};"
+            raise UserError(f"the public audit needs >= 2 control identities (public, never trained on), but only "
+                            f"{len(rest)} eligible public identities are left after {c} canaries;{asked} raise "
+                            "data.public_identities (or use a bigger data.public_folder), or lower "
+                            "data.public_canaries or data.public_controls")
+        return sorted(eligible[:c]), sorted(rest[:k])
+
+    def _with_public_audit(self, public: IdentityDataset, names: list[str], split: IdentitySplit) -> IdentitySplit:
+        """The split recording canaries, controls and their references; keeps the canaries' training keys."""
+        from gmia_defend.data.synthetic import SyntheticFaces
+
+        if self._public_audit_draw is not None:
+            canaries, controls = self._public_audit_draw
+        else:
+            if self.public_canary_images is not None and not isinstance(public, SyntheticFaces):
+                raise UserError("data.public_canary_images applies to synthetic public people only; these come from a "
+                                "folder, so each canary trains on all its images but its references: drop "
+                                "data.public_canary_images")
+            counts = public.counts()
+            canaries, controls = self._draw_public_audit(names, {n: counts[n] for n in names})
+        r = self.references_per_identity
+        rng = random.Random(self.split_seed + _CANARY_REFERENCE_SEED)
+        cap_rng = random.Random(self.split_seed + _CANARY_CAP_SEED)
+        cap = self.max_images_per_identity
+        references: dict[str, list[str]] = {}
+        self._canary_train_keys = {}
+        for name in sorted(set(canaries) | set(controls)):
+            keys = [public.keys[i] for i in public.indices_of(name)]
+            rng.shuffle(keys)
+            references[name] = sorted(keys[:r])
+            if name in canaries:
+                train = sorted(keys[r:])
+                if cap is not None and len(train) > int(cap):  # capped like the members
+                    train = sorted(cap_rng.sample(train, int(cap)))
+                self._canary_train_keys[name] = train
+        return split.with_public_audit(canaries, controls, references)
 
     @property
     def public_identity_names(self) -> list[str]:
@@ -345,25 +526,69 @@ class IdentityDataModule(pl.LightningDataModule):
         return self._audit
 
     @property
+    def public_audit_set(self) -> AuditSet | None:
+        """The public audit (None without ``public_canaries``): reference images of the public
+        canaries (as members, ``train_counts`` = their training images in this datamodule's
+        training set: 0 with ``train_on="public"``) and of the public controls (as non-members), no
+        population. Only public people: a release rule may read it without touching protected data."""
+        if not self.public_canaries:
+            return None
+        if self._public_audit is None:
+            split, public = self.split, self.public_dataset
+            assert public is not None
+
+            def gather(names: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+                keys = [k for n in names for k in split.public_references[n]]
+                labels = torch.tensor([i for i, n in enumerate(names) for _ in split.public_references[n]],
+                                      dtype=torch.int64)
+                return public.load(public.indices_of_keys(keys)), labels, list(names)
+
+            m_img, m_lab, m_ids = gather(split.public_canaries)
+            n_img, n_lab, n_ids = gather(split.public_controls)
+            self._public_audit = AuditSet(member_images=m_img, member_labels=m_lab, member_identities=m_ids,
+                                          nonmember_images=n_img, nonmember_labels=n_lab, nonmember_identities=n_ids,
+                                          train_counts=self.canary_train_counts)
+        return self._public_audit
+
+    @property
     def train_indices(self) -> list[int]:
         """Indices of the training images: in ``dataset`` (members, after any per-identity cap), or
-        with ``train_on="public"`` in ``public_dataset``."""
+        with ``train_on="public"`` in ``public_dataset`` (public people but canaries and controls).
+        Canaries trained with the members are in ``canary_train_indices``."""
         if self._train_indices is None:
             if self.train_on == "public":
                 self._build()
-                self._train_indices = list(self._public_indices or [])
+                self._train_indices = list(self._pretrain_indices or [])
             else:
                 self._train_indices = self.split.train_indices(self.dataset)
         return self._train_indices
 
     @property
+    def canary_train_indices(self) -> list[int]:
+        """Indices in ``public_dataset`` of the canaries' training images, trained after the members'
+        (empty without ``public_canaries`` or with ``train_on="public"``)."""
+        self._build()
+        if self.train_on != "members" or not self._canary_train_keys or self._public is None:
+            return []
+        return self._public.indices_of_keys([k for n in sorted(self._canary_train_keys)
+                                             for k in self._canary_train_keys[n]])
+
+    @property
+    def canary_train_counts(self) -> dict[str, int]:
+        """Training images per public canary in this training set (0 each with ``train_on="public"``)."""
+        self._build()
+        on = self.train_on == "members"
+        return {n: len(keys) if on else 0 for n, keys in sorted(self._canary_train_keys.items())}
+
+    @property
     def train_counts(self) -> dict[str, int]:
-        """Training images per member identity."""
+        """Training images per member identity (members only: canaries are in ``canary_train_counts``)."""
         return self.split.train_counts
 
     @property
     def num_train_images(self) -> int:
-        return len(self.train_indices)
+        """Images in the training set (members' and canaries', or the public pretraining images)."""
+        return len(self.train_indices) + len(self.canary_train_indices)
 
     @property
     def train_dataset(self) -> Dataset:
@@ -374,12 +599,38 @@ class IdentityDataModule(pl.LightningDataModule):
             from gmia_defend.data.synthetic import SyntheticFaces
 
             source = self.public_dataset if self.train_on == "public" else self.dataset
-            if isinstance(source, SyntheticFaces):  # render once: far faster than per item
+            canaries = self.canary_train_indices
+            if canaries:
+                self._train = self._with_canaries(idx, canaries)
+            elif isinstance(source, SyntheticFaces):  # render once: far faster than per item
                 images = source.load(idx)
                 self._train = PrerenderedImages(images, source.targets[torch.as_tensor(idx)])
             else:
                 self._train = IndexedImages(source, idx)
         return self._train
+
+    def _with_canaries(self, idx: list[int], canaries: list[int]) -> Dataset:
+        """Members' training images, then the canaries' (labels never a member's: module docstring)."""
+        from gmia_defend.data.synthetic import SyntheticFaces
+
+        data, public = self.dataset, self.public_dataset
+        assert public is not None
+        if public is data:  # unused identities of the same dataset: their index is already unique
+            if isinstance(data, SyntheticFaces):
+                both = idx + canaries
+                return PrerenderedImages(data.load(both), data.targets[torch.as_tensor(both)])
+            return IndexedImages(data, idx + canaries)
+        offset = len(data.identities)
+        labels = [data.targets[torch.as_tensor(idx)], public.targets[torch.as_tensor(canaries)] + offset]
+        if isinstance(data, SyntheticFaces) and isinstance(public, SyntheticFaces):
+            return PrerenderedImages(torch.cat([data.load(idx), public.load(canaries)]), torch.cat(labels))
+        parts: list[Dataset] = []
+        for source, indices, shift, lab in ((data, idx, 0, labels[0]), (public, canaries, offset, labels[1])):
+            if isinstance(source, SyntheticFaces):
+                parts.append(PrerenderedImages(source.load(indices), lab))
+            else:
+                parts.append(IndexedImages(source, indices, label_offset=shift))
+        return ConcatImages(parts)
 
     # ---- Lightning hooks -----------------------------------------------------------------------
     def prepare_data(self) -> None:  # nothing to download

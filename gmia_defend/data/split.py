@@ -42,6 +42,12 @@ class IdentitySplit:
     touching protected people); they must not overlap any other group. ``dataset`` is the dataset's
     spec (``open_dataset(split.dataset)`` re-opens it); ``meta`` records how the split was built.
 
+    The public audit (optional; see ``with_public_audit``): ``public_canaries`` are public identities
+    mixed into the training set on purpose and ``public_controls`` public identities never trained
+    on; ``public_references`` maps each of them to its held-out reference image keys (keys of the
+    public people's dataset). They are written to JSON only when set, so splits without them (and
+    their hashes) are unchanged, and old files load with them empty.
+
     Example:
 
     >>> from gmia_defend.data import SyntheticFaces
@@ -64,6 +70,9 @@ class IdentitySplit:
     meta: dict[str, Any] = field(default_factory=dict)
     public: list[str] = field(default_factory=list)
     public_dataset: dict[str, Any] = field(default_factory=dict)
+    public_canaries: list[str] = field(default_factory=list)
+    public_controls: list[str] = field(default_factory=list)
+    public_references: dict[str, list[str]] = field(default_factory=dict)
 
     # ---- views ---------------------------------------------------------------------------------
     @property
@@ -85,11 +94,15 @@ class IdentitySplit:
 
     def summary(self) -> str:
         counts = list(self.train_counts.values()) or [0]
-        return (
+        text = (
             f"{len(self.members)} member identities ({self.num_train_images} training images, "
             f"{min(counts)}-{max(counts)} each), {len(self.nonmembers)} non-member identities, "
             f"{len(self.population)} population images"
         )
+        if self.public_canaries:
+            text += (f", public audit: {len(self.public_canaries)} canaries (trained on) vs "
+                     f"{len(self.public_controls)} controls")
+        return text
 
     # ---- creation ------------------------------------------------------------------------------
     @classmethod
@@ -244,6 +257,9 @@ class IdentitySplit:
             meta=extra,
             public=list(self.public),
             public_dataset=dict(self.public_dataset),
+            public_canaries=list(self.public_canaries),
+            public_controls=list(self.public_controls),
+            public_references={k: list(v) for k, v in self.public_references.items()},
         )
 
     def with_public(self, names: Sequence[str], dataset: dict[str, Any] | None = None) -> "IdentitySplit":
@@ -252,7 +268,8 @@ class IdentitySplit:
         ``dataset``: the spec of another dataset holding them (e.g. a public folder or a separate
         synthetic range); by default they are identities of the split's own dataset. Raises
         ``DataError`` (a ``UserError``) naming any identity that is also a member, a non-member or a
-        population identity: public data must be disjoint from what is protected or audited.
+        population identity: public data must be disjoint from what is protected or audited. Any
+        public audit (canaries, controls) is dropped: set it again with ``with_public_audit``.
         """
         names = sorted({str(n) for n in names})
         pop_owners = self._population_identities()
@@ -265,7 +282,50 @@ class IdentitySplit:
         copy = IdentitySplit.from_dict(self.to_dict())
         copy.public = names
         copy.public_dataset = dict(dataset or {})
+        copy.public_canaries, copy.public_controls, copy.public_references = [], [], {}
         return copy
+
+    def with_public_audit(self, canaries: Sequence[str], controls: Sequence[str],
+                          references: dict[str, Sequence[str]]) -> "IdentitySplit":
+        """A copy recording a public audit: ``canaries`` (public identities trained on), ``controls``
+        (public identities never trained on) and ``references`` (held-out reference keys of each).
+
+        Both are public identities of this split (``with_public`` first), disjoint, at least 2 each,
+        and each has >= 1 reference. Raises ``DataError`` listing every problem otherwise.
+        """
+        copy = IdentitySplit.from_dict(self.to_dict())
+        copy.public_canaries = sorted({str(n) for n in canaries})
+        copy.public_controls = sorted({str(n) for n in controls})
+        copy.public_references = {str(n): sorted(str(k) for k in keys) for n, keys in sorted(references.items())}
+        problems = copy._public_audit_problems()
+        if problems:
+            raise _problem(problems, "canaries and controls must be distinct public identities (at least 2 of "
+                           "each), each with held-out reference images", "bad public audit")
+        return copy
+
+    def _public_audit_problems(self) -> list[str]:
+        if not (self.public_canaries or self.public_controls or self.public_references):
+            return []
+        problems: list[str] = []
+        if len(self.public_canaries) < 2 or len(self.public_controls) < 2:
+            problems.append(f"{len(self.public_canaries)} canaries and {len(self.public_controls)} controls "
+                            "(a public audit needs >= 2 of each)")
+        public = set(self.public)
+        for label, names in (("canary", self.public_canaries), ("control", self.public_controls)):
+            problems += [f"{n}: {label} is not a public identity" for n in names if n not in public]
+        problems += [f"{n}: both canary and control" for n in sorted(set(self.public_canaries) & set(self.public_controls))]
+        audited = set(self.public_canaries) | set(self.public_controls)
+        problems += [f"{n}: canary/control without reference images" for n in sorted(audited)
+                     if not self.public_references.get(n)]
+        problems += [f"{n}: references for a name that is neither canary nor control"
+                     for n in sorted(set(self.public_references) - audited)]
+        seen: set[str] = set()
+        for n, keys in self.public_references.items():
+            for k in keys:
+                if k in seen:
+                    problems.append(f"{k}: public reference listed twice")
+                seen.add(k)
+        return problems
 
     def _population_identities(self) -> set[str]:
         """Owners of population images, read from their keys (``identity/file``); ``validate`` checks
@@ -319,6 +379,7 @@ class IdentitySplit:
         for n in self.public:
             if n in self.members or n in self.nonmembers:
                 problems.append(f"{n}: public identity is also audited (member or non-member)")
+        problems += self._public_audit_problems()
         if problems:
             raise _problem(
                 problems,
@@ -366,6 +427,15 @@ class IdentitySplit:
                 problems.append(f"{k}: population image of public identity {owner}")
         if not self.public_dataset:  # public people of another dataset are checked by name only
             problems += [f"{n}: public identity not in this dataset" for n in self.public if n not in names]
+            public_keys = [(n, k) for n, keys in self.public_references.items() for k in keys]
+            if public_keys:
+                known = dataset._key_index()
+                for n, k in public_keys:
+                    if k not in known:
+                        problems.append(f"{k}: public reference of {n} is not in this dataset")
+                    elif dataset.identities[int(dataset.targets[known[k]])] != n:
+                        problems.append(f"{k}: listed as a public reference of {n} but belongs to "
+                                        f"{dataset.identities[int(dataset.targets[known[k]])]}")
         if problems:
             raise _problem(
                 problems,
@@ -406,7 +476,7 @@ class IdentitySplit:
 
     # ---- JSON ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": SPLIT_FORMAT,
             "version": _VERSION,
             "seed": self.seed,
@@ -420,6 +490,12 @@ class IdentitySplit:
             "public": self.public,
             "public_dataset": self.public_dataset,
         }
+        if self.public_canaries or self.public_controls or self.public_references:
+            # only when set: splits without a public audit keep their JSON (and hash) unchanged
+            data["public_canaries"] = self.public_canaries
+            data["public_controls"] = self.public_controls
+            data["public_references"] = self.public_references
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "split") -> "IdentitySplit":
@@ -443,6 +519,15 @@ class IdentitySplit:
         public = data.get("public") or []
         if not isinstance(public, list):
             raise DataError(f"{source}: field 'public' must be a list of identity names")
+        audit_names: dict[str, list[str]] = {}
+        for name in ("public_canaries", "public_controls"):
+            value = data.get(name) or []
+            if not isinstance(value, list):
+                raise DataError(f"{source}: field {name!r} must be a list of identity names")
+            audit_names[name] = [str(n) for n in value]
+        public_refs = data.get("public_references") or {}
+        if not isinstance(public_refs, dict) or not all(isinstance(v, list) for v in public_refs.values()):
+            raise DataError(f"{source}: field 'public_references' must map identity -> list of image keys")
         return cls(
             members=groups("members"),
             references=groups("references"),
@@ -454,6 +539,9 @@ class IdentitySplit:
             meta=dict(data.get("meta") or {}),
             public=[str(n) for n in public],
             public_dataset=dict(data.get("public_dataset") or {}),
+            public_canaries=audit_names["public_canaries"],
+            public_controls=audit_names["public_controls"],
+            public_references={str(k): [str(x) for x in v] for k, v in public_refs.items()},
         )
 
     def save(self, path: str | os.PathLike) -> Path:

@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from gmia_defend.io import atomic_write  # noqa: E402
 from gmia_defend.audit.record import (DEFAULT_METRIC, EPSILON, EPSILON_LOWER_BOUND, EPSILON_PERSON,  # noqa: E402
-                                      NULL_AUC_HIGH, NULL_AUC_LOW, as_records, quality_key_of,
+                                      NULL_AUC_HIGH, NULL_AUC_LOW, PUBLIC_PREFIX, as_records, is_public,
+                                      quality_key_of,
                                       successful_audits)
 
 
@@ -56,10 +57,12 @@ def _mark_release(ax: Any, release: dict | None) -> None:
 def plot_leakage(audits: Sequence[dict], path: Path, metric: str = DEFAULT_METRIC, budget: float | None = None,
                  release: dict | None = None) -> Path:
     """AUC with its bootstrap band, the null band, chance, budget, release, and the figure the rule read
-    (``metric``, or its selection-half value when the release rule selected on half of the identities)."""
+    (``metric``, or its selection-half value when the release rule selected on half of the identities, or
+    the public canaries' figure beside the protected identities' AUC when the rule read that)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    base = metric.rsplit("/", 1)[0]
-    auc_key = f"{base}/auc" if metric.rsplit("/", 1)[-1].startswith("auc") else metric
+    shown = metric[len(PUBLIC_PREFIX):] if is_public(metric) else metric  # the protected identities, always
+    base = shown.rsplit("/", 1)[0]
+    auc_key = f"{base}/auc" if shown.rsplit("/", 1)[-1].startswith("auc") else shown
     xs, ys = _series(audits, auc_key)
     ax.plot(xs, ys, "o-", color="tab:red", label=auc_key)
     lo_x, lo = _series(audits, f"{base}/auc_ci_low")
@@ -71,7 +74,8 @@ def plot_leakage(audits: Sequence[dict], path: Path, metric: str = DEFAULT_METRI
         ruled = f"selection/{metric}"  # the figure the rule compared with the budget
     if ruled != auc_key:
         mx, my = _series(audits, ruled)
-        ax.plot(mx, my, "v--", color="darkred", lw=1, ms=4, label=f"{ruled} (vs budget)")
+        ax.plot(mx, my, "v--", color="purple" if is_public(ruled) else "darkred", lw=1, ms=4,
+                label=f"{ruled} (vs budget)")
     if auc_key.endswith("auc"):
         nlo_x, nlo = _series(audits, NULL_AUC_LOW)
         nhi_x, nhi = _series(audits, NULL_AUC_HIGH)
