@@ -139,3 +139,20 @@ def test_monitor_logs_and_releases_on_public_canaries(cb_world, public_audit, tm
     # no DP here: nothing for epsilon to cover, but the choice itself used no member photo
     assert selector.release["selection_uses_private_data"] is True  # quality is against training images here
     assert "held-out photos" not in selector.release["epsilon_covers_selection_reason"]
+
+
+def test_public_audit_rebuilt_from_split_json_equals_the_datamodules(tmp_path):
+    """``watch`` and ``attack`` rebuild the canaries' audit from split.json alone (a re-rendered public range)."""
+    from gmia_defend.data import IdentityDataModule
+
+    dm = IdentityDataModule(num_members=3, num_nonmembers=3, num_population_identities=0, images_per_identity=4,
+                            references_per_identity=2, batch_size=2, resolution=16, public_identities=12,
+                            public_canaries=2, public_canary_images=6)
+    path = dm.save_split(tmp_path)
+    rebuilt = AuditSet.public_from_split(IdentitySplit.load(path))
+    direct = dm.public_audit_set
+    assert rebuilt.member_identities == direct.member_identities
+    assert rebuilt.nonmember_identities == direct.nonmember_identities
+    assert torch.equal(rebuilt.member_images, direct.member_images)
+    assert torch.equal(rebuilt.nonmember_images, direct.nonmember_images)
+    assert AuditSet.public_from_split(IdentitySplit.load(path).with_public([])) is None

@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="range of the generator's output pixels (default -1 1)")
     parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples of the AUC CI")
     parser.add_argument("--budget", type=float, default=None, help="largest acceptable leakage (release rule)")
-    parser.add_argument("--metric", default=None, help="leakage metric of the release rule (default leakage/auc)")
+    parser.add_argument("--metric", default=None, help="leakage metric of the release rule (default leakage/auc; "
+                        "public/leakage/auc reads the public canaries split.json lists, audited automatically)")
     parser.add_argument("--wandb-project", default=None, help="also log each audit to this W&B project")
     parser.add_argument("--no-figures", action="store_true", help="do not redraw the report figures")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -77,7 +78,8 @@ def _class_index(value: str | None) -> int | str | None:
 
 
 def _open_split(path: str, num_samples: int, seed: int):
-    """split.json -> (AuditSet, a function returning real training images for the Fréchet distance)."""
+    """split.json -> (AuditSet, a function returning real training images for the Fréchet distance,
+    the public canaries' AuditSet or None)."""
     from gmia_defend.data import AuditSet, IdentitySplit, open_dataset
 
     p = Path(path).expanduser()
@@ -93,7 +95,8 @@ def _open_split(path: str, num_samples: int, seed: int):
         order = np.random.default_rng(seed).permutation(len(indices))[:num_samples]
         return dataset.load([indices[i] for i in sorted(order)])
 
-    return AuditSet.from_split(dataset, split), real_images
+    public = AuditSet.public_from_split(split, None if split.public_dataset else dataset)
+    return AuditSet.from_split(dataset, split), real_images, public
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -124,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {args.device} asked for CUDA but none is available; use --device cpu")
     factory = import_function(args.generator_factory) if args.generator_factory else None
-    audit, real_images = _open_split(args.audit, args.num_samples, args.seed)
+    audit, real_images, public_audit = _open_split(args.audit, args.num_samples, args.seed)
     rule_options = {k: v for k, v in (("budget", args.budget), ("metric", args.metric)) if v is not None}
     rule = ReleaseRule(**rule_options)
     attack_options = {"score": args.score, "input_range": tuple(args.input_range), "device": device,
@@ -133,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
         attack_options["z_dim"] = args.z_dim
     auditor = Auditor(args.embedder or ["synthetic"], audit, num_samples=args.num_samples,
                       batch_size=args.batch_size, seed=args.seed, quality=not args.no_quality,
-                      real_images=real_images, progress=not args.no_progress, attack_options=attack_options)
+                      real_images=real_images, progress=not args.no_progress, attack_options=attack_options,
+                      public_audit=public_audit)
     options = WatchOptions(patterns=tuple(args.pattern or DEFAULT_PATTERNS), trust_pickle=args.trust_pickle,
                            class_index=_class_index(args.class_index), generator_factory=factory, device=device,
                            settle_s=args.settle, poll_s=args.poll, idle_timeout_s=args.idle_timeout,

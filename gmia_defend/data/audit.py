@@ -114,6 +114,33 @@ class AuditSet:
         return audit.equalize_references(seed=split.seed) if equalize else audit
 
     @classmethod
+    def public_from_split(cls, split: IdentitySplit, dataset: IdentityDataset | None = None,
+                          train_counts: dict[str, int] | None = None) -> "AuditSet | None":
+        """The public canaries' audit of ``split`` (None when it has none): canaries' references as
+        members, public controls' as non-members, no population.
+
+        ``dataset``: where the public people's images are (default: the dataset ``split.public_dataset``
+        names, else the split's own). ``train_counts``: each canary's training images, for the table.
+        """
+        if not split.public_canaries:
+            return None
+        if dataset is None:
+            from gmia_defend.data.specs import open_dataset
+
+            dataset = open_dataset(split.public_dataset or split.dataset)
+
+        def gather(names: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+            keys = [k for n in names for k in split.public_references[n]]
+            labels = torch.tensor([i for i, n in enumerate(names) for _ in split.public_references[n]],
+                                  dtype=torch.int64)
+            return dataset.load(dataset.indices_of_keys(keys)), labels, list(names)
+
+        m_img, m_lab, m_ids = gather(list(split.public_canaries))
+        n_img, n_lab, n_ids = gather(list(split.public_controls))
+        return cls(member_images=m_img, member_labels=m_lab, member_identities=m_ids, nonmember_images=n_img,
+                   nonmember_labels=n_lab, nonmember_identities=n_ids, train_counts=dict(train_counts or {}))
+
+    @classmethod
     def from_photos(
         cls,
         members: dict[str, list[str]],

@@ -534,20 +534,7 @@ class IdentityDataModule(pl.LightningDataModule):
         if not self.public_canaries:
             return None
         if self._public_audit is None:
-            split, public = self.split, self.public_dataset
-            assert public is not None
-
-            def gather(names: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-                keys = [k for n in names for k in split.public_references[n]]
-                labels = torch.tensor([i for i, n in enumerate(names) for _ in split.public_references[n]],
-                                      dtype=torch.int64)
-                return public.load(public.indices_of_keys(keys)), labels, list(names)
-
-            m_img, m_lab, m_ids = gather(split.public_canaries)
-            n_img, n_lab, n_ids = gather(split.public_controls)
-            self._public_audit = AuditSet(member_images=m_img, member_labels=m_lab, member_identities=m_ids,
-                                          nonmember_images=n_img, nonmember_labels=n_lab, nonmember_identities=n_ids,
-                                          train_counts=self.canary_train_counts)
+            self._public_audit = AuditSet.public_from_split(self.split, self.public_dataset, self.canary_train_counts)
         return self._public_audit
 
     @property
