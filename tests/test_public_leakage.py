@@ -58,7 +58,8 @@ def test_companion_pass_equals_a_separate_attack_and_leaves_protected_figures(cb
 
 
 def test_sharded_companion_pass_indexes_latents_like_one_process(cb_world, public_audit):
-    """Two shards merged give the same public figures as one process (the latent index is tracked per shard)."""
+    """Two shards merged give the same public figures as one process (the latent index is tracked per shard), and
+    the public statistics travel in the main pass's single collective call (one reduce per audit)."""
     g = _generator()
     auditor = Auditor(CbTinyEmbedder(), cb_world.audit, public_audit=public_audit, num_samples=80, batch_size=16,
                       quality=False, attack_options=OPTIONS)
@@ -74,6 +75,7 @@ def test_sharded_companion_pass_indexes_latents_like_one_process(cb_world, publi
     other: list[dict] = []
     auditor.audit(g, kimg=0.0, shard=(1, 2), reduce=lambda s: (other.append(s), s)[1])
     merged = auditor.audit(g, kimg=0.0, shard=(0, 2), reduce=gather)
+    assert len(other) == len(states) == 1 and any(k.startswith("public.") for k in states[0])
     assert merged.metrics[PUBLIC_AUC] == pytest.approx(single.metrics[PUBLIC_AUC], abs=1e-9)
     assert merged.metrics[AUC] == pytest.approx(single.metrics[AUC], abs=1e-9)
 
@@ -120,6 +122,17 @@ def test_epsilon_covers_a_choice_on_public_canaries_and_public_quality():
     assert "public/leakage/auc" in covered_selection_problem(ReleaseRule(), "population")
 
 
+def test_relative_score_falls_back_to_top_k_for_the_public_audit_without_population(public_audit):
+    faces = SyntheticFaces(num_identities=20, images_per_identity=4, resolution=16, seed=3)
+    split = IdentitySplit.create(faces, num_members=4, num_nonmembers=8, references_per_identity=2,
+                                 num_population_identities=4, seed=1)
+    auditor = Auditor(CbTinyEmbedder(), AuditSet.from_split(faces, split), public_audit=public_audit, num_samples=64, batch_size=32,
+                      quality=False, attack_options={**OPTIONS, "score": "relative"})
+    record = auditor.audit(_generator(), kimg=1.0)
+    assert auditor.attack.score == "relative" and auditor.public_attack.score == "topk_mean"
+    assert math.isfinite(record.metrics[PUBLIC_AUC])
+
+
 def test_a_rule_on_public_canaries_without_canaries_is_refused(cb_world, tmp_path):
     monitor = IdentityLeakageMonitor(**cb_monitor_kwargs(cb_world, CbTinyEmbedder()))
     for callback in (ReleaseCheckpointSelector(metric=PUBLIC_AUC), LeakageEarlyStopping(metric=PUBLIC_AUC)):
@@ -156,3 +169,29 @@ def test_public_audit_rebuilt_from_split_json_equals_the_datamodules(tmp_path):
     assert torch.equal(rebuilt.member_images, direct.member_images)
     assert torch.equal(rebuilt.nonmember_images, direct.nonmember_images)
     assert AuditSet.public_from_split(IdentitySplit.load(path).with_public([])) is None
+
+
+def test_resuming_from_a_split_with_canaries_needs_the_canary_options(tmp_path):
+    from gmia_defend.data import IdentityDataModule
+
+    args = dict(num_members=3, num_nonmembers=3, num_population_identities=0, images_per_identity=4,
+                references_per_identity=2, batch_size=2, resolution=16)
+    dm = IdentityDataModule(**args, public_identities=12, public_canaries=2)
+    path = dm.save_split(tmp_path)
+    with pytest.raises(UserError, match="lists 2 public canaries"):
+        IdentityDataModule(**args, split_path=str(path)).split
+    again = IdentityDataModule(**args, split_path=str(path), public_identities=12, public_canaries=2)
+    assert again.split_hash() == dm.split_hash() and again.num_train_images == dm.num_train_images
+
+
+def test_watch_refuses_a_public_rule_on_a_split_without_canaries(tmp_path, capsys):
+    from gmia_defend.cli import main as cli_main
+    from gmia_defend.data import IdentityDataModule
+
+    dm = IdentityDataModule(num_members=3, num_nonmembers=3, num_population_identities=0, images_per_identity=4,
+                            references_per_identity=2, batch_size=2, resolution=16)
+    split = dm.save_split(tmp_path / "run")
+    code = cli_main(["watch", str(tmp_path / "run"), "--audit", str(split), "--metric", PUBLIC_AUC, "--once",
+                     "--embedder", "pixels", "--device", "cpu"])
+    assert code != 0 and "lists none" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "audits.jsonl").exists()

@@ -124,18 +124,20 @@ class Auditor:
             if audit is None:
                 raise UserError("the Auditor has no audit set: pass audit=AuditSet.from_split(dataset, split)")
             options = {"progress": self.progress, **self.attack_options}
-            self.attack = IdentityMembershipAttack(
-                self.embedders if len(self.embedders) > 1 else self.embedders[0], audit,
-                num_samples=self.num_samples, batch_size=self.batch_size, seed=self.seed, **options)
+            embedders = self.embedders if len(self.embedders) > 1 else self.embedders[0]
+            attack = IdentityMembershipAttack(embedders, audit, num_samples=self.num_samples,
+                                              batch_size=self.batch_size, seed=self.seed, **options)
             public = self._public_arg() if callable(self._public_arg) and not hasattr(
                 self._public_arg, "member_identities") else self._public_arg
             if public is not None:
                 options.update(progress=False, evidence_identities=0)
-                self.public_attack = IdentityMembershipAttack(
-                    self.embedders if len(self.embedders) > 1 else self.embedders[0], public,
-                    num_samples=self.num_samples, batch_size=self.batch_size, seed=self.seed, **options)
+                if options.get("score") == "relative" and getattr(public, "population_images", None) is None:
+                    options["score"] = "topk_mean"  # the public audit has no population to be relative to
+                self.public_attack = IdentityMembershipAttack(embedders, public, num_samples=self.num_samples,
+                                                              batch_size=self.batch_size, seed=self.seed, **options)
             if self.quality_enabled:
                 self.quality = self._build_quality(device)
+            self.attack = attack  # last: a failed build is retried whole by the next audit
         return self
 
     def prepare(self, device: Any = None) -> "Auditor":
@@ -198,11 +200,20 @@ class Auditor:
             if public is not None:
                 on_embeddings = public.hook(on_embeddings)
 
+            if reduce is None and int(shard[1]) > 1 and _distributed():
+                from gmia_defend.attack.scores import metric_reduce
+
+                reduce = metric_reduce()  # what the attack would use: the public pass must merge the same way
+
             def merge(stats: dict) -> dict:
-                merged = reduce(stats) if reduce is not None else stats
+                # one collective call per audit: the public pass's statistics travel with the main ones
+                extra = public.state_dict() if public is not None else {}
+                merged = reduce({**stats, **extra}) if reduce is not None else stats
+                if public is not None:
+                    public.load_state_dict(merged)
                 if measure is not None and reduce_sum is not None:
                     measure.reduce(reduce_sum)
-                return merged
+                return {k: v for k, v in merged.items() if not k.startswith(_PublicPass.PREFIX)}
 
             caught: list = []
             try:
@@ -214,7 +225,7 @@ class Auditor:
                 self._show_once(caught)
             metrics = self._metrics(result)
             if public is not None:
-                public_result = self.public_attack.finish_pass(public.scoring, reduce)
+                public_result = self.public_attack.finish_pass(public.scoring)  # merged in merge() already
                 metrics.update({PUBLIC_PREFIX + k: v for k, v in self._metrics(public_result).items()
                                 if k.startswith(LEAKAGE_PREFIX)})
             if quality_value is not None:
@@ -301,7 +312,10 @@ class Auditor:
 
 class _PublicPass:
     """Feeds the companion attack the main pass's embeddings, with the latent index of each sample
-    (batches arrive in latent order, once per embedder)."""
+    (batches arrive in latent order, once per embedder); its statistics are merged across processes
+    in the same collective call as the main pass's (keys under ``PREFIX``)."""
+
+    PREFIX = "public."
 
     def __init__(self, attack: Any, scoring: Any, start: int, embedders: int) -> None:
         self.attack, self.scoring = attack, scoring
@@ -317,6 +331,18 @@ class _PublicPass:
             self.attack.feed(self.scoring, j, embeddings, index)
 
         return on_embeddings
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"{self.PREFIX}{j}.{k}": v for j, s in enumerate(self.scoring.stats) for k, v in s.state_dict().items()}
+
+    def load_state_dict(self, merged: dict[str, torch.Tensor]) -> None:
+        for j, s in enumerate(self.scoring.stats):
+            head = f"{self.PREFIX}{j}."
+            s.load_state_dict({k[len(head):]: v for k, v in merged.items() if k.startswith(head)})
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _device_of(generator: Any) -> torch.device | None:

@@ -68,7 +68,11 @@ def check_public_metric(trainer: pl.Trainer, metric: str, who: str) -> None:
         if not getattr(cb, "emits_leakage_audits", False):
             continue
         given = getattr(cb, "public_audit", None)
-        if given is not False and (given is not None or int(getattr(dm, "public_canaries", 0) or 0) > 0):
+        if given is False:
+            continue
+        canaries = getattr(dm, "public_canaries", None)  # IdentityDataModule; another datamodule may expose the set
+        if given is not None or (int(canaries or 0) > 0 if canaries is not None
+                                 else getattr(dm, "public_audit_set", None) is not None):
             return
     raise UserError(f"{who} reads {metric}, but nothing audits public canaries: set data.public_canaries=N (with "
                     "data.public_identities or data.public_folder), or give IdentityLeakageMonitor(public_audit=...)")

@@ -32,6 +32,7 @@ from gmia_defend.audit.artifact import save_release
 from gmia_defend.audit.log import kimg_tag
 from gmia_defend.audit.policies import ReleaseRule, kept_candidates, select_release
 from gmia_defend.audit.record import DEFAULT_BUDGET, DEFAULT_METRIC, AuditRecord
+from gmia_defend.audit.record import is_public
 from gmia_defend.callbacks._state import check_public_metric, has_monitor, metric_of, resolve_run_dir
 from gmia_defend.errors import UserError
 from gmia_defend.io import atomic_write, write_json_atomic
@@ -163,8 +164,10 @@ class ReleaseCheckpointSelector(pl.Callback):
             if trainer is not None else {}
         decision.update(epsilon_figures(decision["chosen"], history, at_end))
         reference = next((r.extra.get("quality_reference") for r in reversed(history) if r.ok), None)
-        stopper = next((cb for cb in getattr(trainer, "callbacks", []) or []
-                        if getattr(cb, "stopped_kimg", None) is not None), None)
+        stoppers = [cb for cb in getattr(trainer, "callbacks", []) or [] if getattr(cb, "stopped_kimg", None) is not None]
+        # the stop that read members' figures, if any did (one such stop makes the choice private)
+        stopper = next((cb for cb in stoppers if not is_public(str(getattr(cb, "metric", "")))),
+                       stoppers[0] if stoppers else None)
         decision.update(selection_privacy(self.rule, decision["quality_metric"], reference, decision["epsilon"],
                                           type(stopper).__name__ if stopper is not None else None,
                                           getattr(stopper, "metric", None)))

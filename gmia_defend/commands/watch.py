@@ -130,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
     audit, real_images, public_audit = _open_split(args.audit, args.num_samples, args.seed)
     rule_options = {k: v for k, v in (("budget", args.budget), ("metric", args.metric)) if v is not None}
     rule = ReleaseRule(**rule_options)
+    if rule.metric.startswith("public/") and public_audit is None:
+        raise UserError(f"--metric {rule.metric} reads the public canaries, but {args.audit} lists none; train with "
+                        "data.public_canaries=N (the split then records them) or choose a leakage/... metric")
     attack_options = {"score": args.score, "input_range": tuple(args.input_range), "device": device,
                       "n_bootstrap": args.n_bootstrap}
     if args.z_dim is not None:

@@ -315,6 +315,11 @@ class IdentityDataModule(pl.LightningDataModule):
             return
         if self.split_path:
             split = IdentitySplit.load(self.split_path)
+            if len(split.public_canaries) != self.public_canaries:
+                raise UserError(f"{self.split_path} lists {len(split.public_canaries)} public canaries but "
+                                f"data.public_canaries={self.public_canaries}: give the same public options the run "
+                                "was trained with (data.public_identities/public_folder, public_canaries, "
+                                "public_canary_images, public_controls), or the canaries would silently change")
             dataset = split.open_dataset(resolution=self.resolution)
         elif self.dataset_arg == "synthetic":
             if self.member_images is not None:
