@@ -195,3 +195,28 @@ def test_watch_refuses_a_public_rule_on_a_split_without_canaries(tmp_path, capsy
                      "--embedder", "pixels", "--device", "cpu"])
     assert code != 0 and "lists none" in capsys.readouterr().err
     assert not (tmp_path / "run" / "audits.jsonl").exists()
+
+
+def test_a_shared_pretraining_checkpoint_is_refused_when_the_public_people_differ(tmp_path):
+    """Another split_seed draws other canaries and controls: the first run's pretraining saw them."""
+    import pytorch_lightning as pl
+
+    from gmia_defend.data import IdentityDataModule
+    from gmia_defend.mitigations.pretraining import PublicPretraining
+    from gmia_defend.models import StyleGAN2
+
+    def fit(split_seed: int) -> None:
+        dm = IdentityDataModule(resolution=16, num_members=4, num_nonmembers=2, num_population_identities=0,
+                                images_per_identity=4, references_per_identity=1, batch_size=4, split_seed=split_seed,
+                                public_identities=16, public_images_per_identity=3, public_canaries=2)
+        model = StyleGAN2(resolution=16, z_dim=8, w_dim=8, mapping_layers=1, channel_base=64, channel_max=8,
+                          dp_compatible=True, sample_every_n_batches=0, sample_grid=2)
+        trainer = pl.Trainer(max_steps=2, callbacks=[PublicPretraining(str(tmp_path / "pre.ckpt"), batches=1)],
+                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
+        trainer.fit(model, datamodule=dm)
+
+    fit(0)
+    fit(0)  # the same people: reused
+    with pytest.raises(UserError, match="other public people"):
+        fit(1)

@@ -51,23 +51,37 @@ class PublicPretraining(pl.Callback):
 
         path = (Path(self.checkpoint).expanduser() if self.checkpoint is not None
                 else Path(trainer.default_root_dir).resolve().parent / "pretrained_public.ckpt")
+        public = self._public_datamodule(trainer)
+        people = _people_key(public)
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             with _locked(path.with_name(path.name + ".lock")):
                 if not path.is_file():  # another run may have written it while we waited
-                    self._pretrain(trainer, pl_module, path)
+                    self._pretrain(trainer, pl_module, path, public, people)
+        import torch
+
+        saved = torch.load(path, map_location="cpu", weights_only=True).get("public_people")
+        if saved is not None and people is not None and saved != people:
+            raise UserError(f"{path} was pretrained on other public people than this run's (e.g. another split_seed "
+                            "drew other canaries and controls, which must stay out of pretraining); give each "
+                            "such run its own PublicPretraining(checkpoint=...)")
         load_pretrained(pl_module, str(path))
 
-    def _pretrain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: Path) -> None:
-        from gmia_defend.rng import preserved_rng
-
+    @staticmethod
+    def _public_datamodule(trainer: pl.Trainer) -> Any:
+        """The run's datamodule, rebuilt to train on its public people only."""
         dm = getattr(trainer, "datamodule", None)
         hparams = dict(getattr(dm, "hparams", {}) or {})
         if dm is None or not (hparams.get("public_identities") or hparams.get("public_folder")):
             raise UserError("PublicPretraining needs public people: set data.public_identities=N (synthetic "
                             "identities outside the split) or data.public_folder=PATH")
+        return type(dm)(**{**_own_args(type(dm), hparams), "train_on": "public"})
+
+    def _pretrain(self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: Path, public: Any,
+                  people: str | None) -> None:
+        from gmia_defend.rng import preserved_rng
+
         batches = self.batches or _batches_of(trainer, pl_module)
-        public = type(dm)(**{**_own_args(type(dm), hparams), "train_on": "public"})
         model = type(pl_module)(**{**_own_args(type(pl_module), dict(pl_module.hparams)), "init_from": None})
         accelerator = "gpu" if trainer.strategy.root_device.type == "cuda" else "cpu"
         inner = pl.Trainer(accelerator=accelerator, devices=1, max_steps=2 * batches, max_epochs=-1, logger=False,
@@ -76,7 +90,22 @@ class PublicPretraining(pl.Callback):
         with preserved_rng():
             inner.fit(model, datamodule=public)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k.split(".", 1)[0] in _NETWORKS}
-        save_torch_atomic(path, {"state_dict": state, "pretrained_batches": batches})
+        save_torch_atomic(path, {"state_dict": state, "pretrained_batches": batches, "public_people": people})
+
+
+def _people_key(public: Any) -> str | None:
+    """A short hash of who pretraining trains on (public people but the reserved canaries and controls)."""
+    split = getattr(public, "split", None)
+    if split is None:
+        return None
+    import hashlib
+
+    from gmia_defend.rng import preserved_rng
+
+    with preserved_rng():
+        reserved = set(split.public_canaries) | set(split.public_controls)
+        names = sorted(set(split.public) - reserved)
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
 
 def _own_args(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
