@@ -54,11 +54,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 FULL = dict(people=2000, heavy=32, heavy_images=300, light_images=2, nonmembers=128, population=64, refs=5,
-            public_people=2000, public_images=4, pretrain_batches=500, finetune_batches=400, batch=32,
+            public_people=2000, public_images=4, pretrain_batches=500, pretrain_batch=32, finetune_batches=400,
+            batch=64,
             k=4, samples=2000, real_fd_images=4000, epsilons=[2.0, 4.0, 8.0], scratch_epsilon=8.0,
             max_grad_norm=1.0)
 QUICK = dict(people=40, heavy=4, heavy_images=12, light_images=2, nonmembers=8, population=8, refs=3,
-             public_people=40, public_images=2, pretrain_batches=3, finetune_batches=3, batch=8,
+             public_people=40, public_images=2, pretrain_batches=3, pretrain_batch=8, finetune_batches=3, batch=8,
              k=2, samples=200, real_fd_images=200, epsilons=[8.0], scratch_epsilon=8.0, max_grad_norm=1.0,
              embedder="pixels:16")
 
@@ -122,7 +123,13 @@ def build_data(cfg: dict) -> dict[str, Any]:
                             identity_offset=n_ids, nuisance="mild")
     overlap = set(public.identities) & set(names)
     assert not overlap, f"public identities overlap the protected ones: {sorted(overlap)[:5]}"
+    # the quality reference: fresh people of the same population, never trained on by any row (two
+    # images each). Not the members' training images: 71 % of those show the 32 over-represented people,
+    # so a Fréchet distance to them in an identity space rewards re-creating those people, i.e. leaking.
+    reference = SyntheticFaces(cfg["real_fd_images"] // 2, 2, resolution=32, seed=SEED,
+                               identity_offset=n_ids + cfg["public_people"], nuisance="mild")
     return {"train_images": train_images, "train_labels": train_labels, "audit": audit,
+            "reference_images": reference.load(list(range(len(reference)))),
             "public_images": public.load(list(range(len(public)))), "public_labels": public.targets.long()}
 
 
@@ -142,8 +149,10 @@ def capped(labels, k: int):
 # ---------------------------------------------------------------------------------------- training
 
 
-def train(images, labels, batches: int, batch: int, init: str | None, dp: dict | None, seed: int) -> Any:
-    """Fit a StyleGAN2 for ``batches`` D steps (one G step each); returns the module."""
+def train(images, labels, batches: int, batch: int, init: str | None, dp: dict | None, seed: int,
+          lr_scale: float = 1.0) -> Any:
+    """Fit a StyleGAN2 for ``batches`` D steps (one G step each), both learning rates times ``lr_scale``;
+    returns the module."""
     import pytorch_lightning as pl
     import torch
     from torch.utils.data import DataLoader, TensorDataset
@@ -157,7 +166,8 @@ def train(images, labels, batches: int, batch: int, init: str | None, dp: dict |
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     pl.seed_everything(seed, verbose=False)
-    model = StyleGAN2(**MODEL, rng_seed=seed, init_from=init)
+    model = StyleGAN2(**dict(MODEL, lr_g=MODEL["lr_g"] * lr_scale, lr_d=MODEL["lr_d"] * lr_scale),
+                      rng_seed=seed, init_from=init)
     data = TensorDataset(images, labels)
     if dp is None:
         g = torch.Generator().manual_seed(seed)
@@ -197,7 +207,7 @@ def audit(model, data: dict, cfg: dict, embedder) -> dict:
         result = attack.run(model.G_ema, on_embeddings=lambda j, images, emb: fake.update(emb))
         m = result.metrics
     return {"auc": m["leakage/auc"], "auc_ci_low": m["leakage/auc_ci_low"], "auc_ci_high": m["leakage/auc_ci_high"],
-            "fd": frechet_from_stats(data["real_stats"], fake)}
+            "fd": frechet_from_stats(data["real_stats"], fake), "fd_train": frechet_from_stats(data["train_stats"], fake)}
 
 
 # -------------------------------------------------------------------------------------------- rows
@@ -213,28 +223,30 @@ def _setup(cfg: dict) -> dict:
     import torch
 
     from gmia_defend.embedders import load_embedder
-    from gmia_defend.quality.frechet import GaussianStats
 
     torch.set_num_threads(1)
     data = build_data(cfg)
     embedder = load_embedder(cfg.get("embedder", "synthetic"), device="cpu")
     g = torch.Generator().manual_seed(1)
     pick = torch.randperm(len(data["train_labels"]), generator=g)[:cfg["real_fd_images"]]
-    real = GaussianStats(embedder.dim)
-    with torch.no_grad():
-        for i in range(0, len(pick), 500):
-            real.update(embedder(data["train_images"][pick[i:i + 500]]))
-    data["real_stats"] = real
+    data["train_stats"] = _stats(embedder, data["train_images"][pick])
+    data["real_stats"] = _stats(embedder, data["reference_images"])
     _DATA.clear()
     _DATA.update(data, cfg=cfg, embedder=embedder)
     return _DATA
 
 
-def dp_schedule(cfg: dict) -> tuple[int, int]:
-    """(batch, batches) of the DP rows: ``dp_batch`` (default: the non-private batch) over as many
-    training images in all as the non-private fine-tuning shows."""
-    batch = int(cfg.get("dp_batch") or cfg["batch"])
-    return batch, max(1, round(cfg["finetune_batches"] * cfg["batch"] / batch))
+def _stats(embedder, images) -> Any:
+    """Gaussian statistics of ``images`` in the embedder's space."""
+    import torch
+
+    from gmia_defend.quality.frechet import GaussianStats
+
+    stats = GaussianStats(embedder.dim)
+    with torch.no_grad():
+        for i in range(0, len(images), 500):
+            stats.update(embedder(images[i:i + 500]))
+    return stats
 
 
 def noise_for(cfg: dict, scheme: str, epsilon: float, labels) -> tuple[float, float]:
@@ -243,7 +255,7 @@ def noise_for(cfg: dict, scheme: str, epsilon: float, labels) -> tuple[float, fl
     from gmia_defend.mitigations.identity_sampling import capped_images
 
     images = capped_images(labels, cfg["k"])
-    batch, steps = dp_schedule(cfg)
+    batch, steps = cfg["batch"], cfg["finetune_batches"]
     sigma = user_level.noise_for_person_target(
         epsilon, scheme=scheme, people=cfg["people"], steps=steps,
         expected_batch=batch * (cfg["people"] / images if scheme == "uls" else 1.0), k=cfg["k"],
@@ -252,7 +264,8 @@ def noise_for(cfg: dict, scheme: str, epsilon: float, labels) -> tuple[float, fl
 
 
 def _scheme_eps(name: str) -> tuple[str, float]:
-    return ("els" if name.startswith(("els", "scratch")) else "uls"), float(name.rsplit("eps", 1)[1])
+    """``els_eps8`` / ``scratch_uls_eps8`` -> (scheme, epsilon)."""
+    return name.removeprefix("scratch_").split("_", 1)[0], float(name.rsplit("eps", 1)[1])
 
 
 def _noise_task(args: tuple[dict, str, float]) -> float:
@@ -288,9 +301,9 @@ def run_row(name: str, cfg: dict, init: str | None, sigma: float | None = None) 
         else:
             dp = {"unit": "identity", "noise_multiplier": sigma, "max_images_per_identity": cfg["k"]}
         dp.update(max_grad_norm=cfg["max_grad_norm"], accountant="prv")
-    batch, batches = (cfg["batch"], cfg["finetune_batches"]) if dp is None else dp_schedule(cfg)
-    model = train(images, labels, batches, batch,
-                  None if name.startswith("scratch") else init, dp, seed=SEED + 1)
+    # every fine-tuning row, private or not, takes the same batches of the same size from the same weights
+    model = train(images, labels, cfg["finetune_batches"], cfg["batch"], None if name.startswith("scratch") else init, dp,
+                  seed=SEED + 1, lr_scale=cfg.get("finetune_lr_scale", 1.0))
     train_s = time.perf_counter() - start
     row: dict[str, Any] = {"row": name, "pretrained": not name.startswith("scratch")}
     if dp is not None:
@@ -315,7 +328,8 @@ def pretrain(cfg: dict, out: Path) -> tuple[str, float]:
 
     d = _setup(cfg)
     start = time.perf_counter()
-    model = train(d["public_images"], d["public_labels"], cfg["pretrain_batches"], cfg["batch"], None, None, SEED)
+    model = train(d["public_images"], d["public_labels"], cfg["pretrain_batches"], cfg["pretrain_batch"], None, None,
+                  SEED)
     path = out / "pretrained.ckpt"
     tmp = path.with_suffix(".tmp")
     torch.save({"state_dict": {k: v for k, v in model.state_dict().items()
@@ -351,7 +365,8 @@ def figure(rows: list[dict], path: Path) -> None:
             ax.axhline(r["fd"], ls=":", color="g", lw=1, label=f"public pretraining only (AUC {r['auc']:.2f})")
         if r["row"].startswith("scratch"):
             ax.scatter([r["epsilon_person"]], [r["fd"]], c=[r["auc"]], cmap="coolwarm", norm=norm,
-                            marker="^", s=80, edgecolors="k", zorder=3, label="ELS from scratch")
+                       marker="^" if r["scheme"] == "els" else "v", s=80, edgecolors="k", zorder=3,
+                       label=f"{r['scheme'].upper()} from scratch")
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="coolwarm"), ax=ax, label="leakage AUC")
     ax.set_xlabel("epsilon per person")
     ax.set_ylabel("Fréchet distance (embedder space)")
@@ -363,13 +378,13 @@ def figure(rows: list[dict], path: Path) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| row | scheme | epsilon per person | AUC [95% CI] | FD | noise | wall s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| row | scheme | epsilon per person | AUC [95% CI] | FD (population) | FD (training images) | noise | wall s |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         eps = "inf (no DP)" if not math.isfinite(r["epsilon_person"]) else f"{r['epsilon_person']:.2f}"
         noise = f"{r['noise_multiplier']:.3f}" if "noise_multiplier" in r else "-"
         lines.append(f"| {r['row']} | {r['scheme']} | {eps} | {r['auc']:.3f} [{r['auc_ci_low']:.3f}, "
-                     f"{r['auc_ci_high']:.3f}] | {r['fd']:.3f} | {noise} | {r['seconds']:.0f} |")
+                     f"{r['auc_ci_high']:.3f}] | {r['fd']:.3f} | {r['fd_train']:.3f} | {noise} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -379,10 +394,11 @@ def summarise(rows: list[dict], cfg: dict, pretrain_s: float, wall: float, quick
     top = max(cfg["epsilons"])
     candidates = [by[f"{s}_eps{top:g}"] for s in ("uls", "els") if f"{s}_eps{top:g}" in by]
     best = min(candidates, key=lambda r: r["fd"])
-    scratch = by[f"scratch_eps{cfg['scratch_epsilon']:g}"]
+    scratch = by.get(f"scratch_{best['scheme']}_eps{cfg['scratch_epsilon']:g}") or next(
+        r for r in rows if r["row"].startswith("scratch"))
 
     def clean(r: dict) -> dict:
-        keep = ("scheme", "epsilon_person", "auc", "auc_ci_low", "auc_ci_high", "fd", "seconds",
+        keep = ("scheme", "epsilon_person", "auc", "auc_ci_low", "auc_ci_high", "fd", "fd_train", "seconds",
                 "noise_multiplier", "sample_rate", "steps", "pretrained")
         return {k: (None if isinstance(r.get(k), float) and not math.isfinite(r[k]) else
                     (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k))) for k in keep if k in r}
@@ -391,8 +407,8 @@ def summarise(rows: list[dict], cfg: dict, pretrain_s: float, wall: float, quick
         "benchmark": "dp_identity", "quick": quick, "people": cfg["people"], "heavy_people": cfg["heavy"],
         "heavy_images": cfg["heavy_images"], "light_images": cfg["light_images"], "k": cfg["k"],
         "public_people": cfg["public_people"], "finetune_batches": cfg["finetune_batches"],
-        "pretrain_batches": cfg["pretrain_batches"], "batch": cfg["batch"], "dp_batch": dp_schedule(cfg)[0],
-        "dp_batches": dp_schedule(cfg)[1], "delta_person": 1 / (10 * cfg["people"]),
+        "pretrain_batches": cfg["pretrain_batches"], "pretrain_batch": cfg["pretrain_batch"], "batch": cfg["batch"],
+        "delta_person": 1 / (10 * cfg["people"]), "samples": cfg["samples"],
         "auc_nonprivate": round(nonprivate["auc"], 4),
         "auc_nonprivate_ci": [round(nonprivate["auc_ci_low"], 4), round(nonprivate["auc_ci_high"], 4)],
         "fd_nonprivate": round(nonprivate["fd"], 4),
@@ -401,7 +417,9 @@ def summarise(rows: list[dict], cfg: dict, pretrain_s: float, wall: float, quick
         "auc_at_target": round(best["auc"], 4), "auc_ci_low_at_target": round(best["auc_ci_low"], 4),
         "auc_ci_high_at_target": round(best["auc_ci_high"], 4),
         "fd_ratio_at_target": round(best["fd"] / nonprivate["fd"], 4),
+        "fd_train_ratio_at_target": round(best["fd_train"] / nonprivate["fd_train"], 4),
         "fd_pretrained_at_target": round(best["fd"], 4), "fd_scratch_at_target": round(scratch["fd"], 4),
+        "scratch_scheme": scratch["scheme"],
         "target_interval_contains_half": bool(best["auc_ci_low"] <= 0.5 <= best["auc_ci_high"]),
         "target_fd_within_2x": bool(best["fd"] <= 2 * nonprivate["fd"]),
         "pretraining_beats_scratch": bool(best["fd"] < scratch["fd"]),
@@ -418,21 +436,25 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--out", default="runs/dp_identity")
     parser.add_argument("--parallel", type=int, default=2, help="rows trained at a time (one thread each)")
-    parser.add_argument("--dp-batch", type=int, default=None,
-                        help="expected batch of the DP rows (default: the non-private batch); their number of "
-                             "batches shrinks so that every row shows the same number of training images")
+    parser.add_argument("--batch", type=int, default=None, help="fine-tuning batch of every row (default 64)")
+    parser.add_argument("--batches", type=int, default=None, help="fine-tuning batches of every row (default 400)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    cfg = dict(QUICK if args.quick else FULL, log=str(out / "rows.jsonl"), dp_batch=args.dp_batch)
+    cfg = dict(QUICK if args.quick else FULL, log=str(out / "rows.jsonl"))
+    for key, value in (("batch", args.batch), ("finetune_batches", args.batches)):
+        if value is not None:
+            if value < 1:
+                raise SystemExit(f"--{key.split('_')[-1]} must be >= 1, got {value}")
+            cfg[key] = value
     Path(cfg["log"]).unlink(missing_ok=True)
     start = time.perf_counter()
     init, pretrain_s = pretrain(cfg, out)
     print(f"pretrained on {cfg['public_people']} public people in {pretrain_s:.0f} s", file=sys.stderr, flush=True)
     names = ["nonprivate", "pretrained_only"] + [f"{s}_eps{e:g}" for e in sorted(cfg["epsilons"], reverse=True)
                                                  for s in ("els", "uls")]
-    names.append(f"scratch_eps{cfg['scratch_epsilon']:g}")
+    names += [f"scratch_{s}_eps{cfg['scratch_epsilon']:g}" for s in ("els", "uls")]
     rows: list[dict] = []
     if args.parallel > 1:
         import multiprocessing as mp

@@ -43,7 +43,8 @@ def test_frontier_benchmark_shortened(tmp_path, monkeypatch) -> None:
     assert by["scratch_els_eps8"]["scheme"] == "els"
     result = bench.summarise(rows, cfg, 0.0, 1.0, True)
     for key in ("people", "auc_nonprivate", "epsilon_person_at_target", "auc_at_target", "auc_ci_low_at_target",
-                "auc_ci_high_at_target", "fd_ratio_at_target", "fd_pretrained_at_target", "fd_scratch_at_target"):
+                "auc_ci_high_at_target", "fd_ratio_at_target", "fd_pretrained_at_target", "fd_scratch_at_target",
+                "fd_train_ratio_at_target"):
         assert key in result and result[key] is not None, key
     assert set(result["rows"]) == set(by)
     json.dumps(result)

@@ -16,7 +16,7 @@ from gmia_defend.config_files import resolve_config
 
 SMALL = ["--data.num_members=6", "--data.member_images=12", "--data.num_nonmembers=16",
          "--data.num_population_identities=8", "--data.public_identities=14", "--data.public_canaries=2",
-         "--data.public_canary_images=12", "--data.batch_size=8", "--trainer.max_steps=8",
+         "--data.batch_size=8", "--trainer.max_steps=8",
          "--trainer.enable_progress_bar=false", "--trainer.logger=false"]
 
 
