@@ -67,3 +67,13 @@ def test_dp_public_selection_refuses_a_private_choice(tmp_path):
         main(["--config", "demo", "--config", str(shortened(tmp_path, metric="leakage/auc")), *SMALL,
               f"--trainer.default_root_dir={tmp_path / 'run'}"])
     assert not (tmp_path / "run" / "audits.jsonl").exists()
+
+
+def test_nothing_released_under_dp_still_says_what_epsilon_covers(tmp_path):
+    run = tmp_path / "run"
+    assert main(["--config", "demo", "--config", str(shortened(tmp_path, budget=0.0)), *SMALL,
+                 f"--trainer.default_root_dir={run}"]) == 0
+    release = json.loads((run / "release.json").read_text())
+    assert not release["released"] and not (run / "release.ckpt").exists()
+    assert release["epsilon_at_end"] is not None
+    assert release["epsilon_covers_selection"] is True, release["epsilon_covers_selection_reason"]

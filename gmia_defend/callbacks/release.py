@@ -168,7 +168,9 @@ class ReleaseCheckpointSelector(pl.Callback):
         # the stop that read members' figures, if any did (one such stop makes the choice private)
         stopper = next((cb for cb in stoppers if not is_public(str(getattr(cb, "metric", "")))),
                        stoppers[0] if stoppers else None)
-        decision.update(selection_privacy(self.rule, decision["quality_metric"], reference, decision["epsilon"],
+        # nothing released: whether the choice *would* be covered still depends on the run's DP (its final epsilon)
+        epsilon = decision["epsilon"] if decision["chosen"] is not None else decision.get("epsilon_at_end")
+        decision.update(selection_privacy(self.rule, decision["quality_metric"], reference, epsilon,
                                           type(stopper).__name__ if stopper is not None else None,
                                           getattr(stopper, "metric", None)))
         privacy = self._privacy_summary(trainer)
