@@ -35,7 +35,7 @@ def shortened(tmp_path: Path, **rule) -> Path:
         if callback["class_path"].endswith("IdentityLeakageMonitor"):
             args.update(num_samples=64, batch_size=64, every_n_kimg=1000.0, progress=False)
         if callback["class_path"].endswith("ReleaseCheckpointSelector"):
-            args.update(budget=1.0, min_kimg=0.0, min_quality_gain=None, **rule)
+            args.update({"budget": 1.0, "min_kimg": 0.0, "min_quality_gain": None, **rule})
         if callback["class_path"].endswith("ModelCheckpoint"):
             args.update(every_n_train_steps=None, save_last=False)
     path = tmp_path / "dp_public_selection.yaml"
