@@ -88,6 +88,7 @@ def test_public_pretraining_runs_once_and_loads(tmp_path) -> None:
     ckpt = tmp_path / "pre.ckpt"
     before, started = fit(PublicPretraining(str(ckpt), batches=2), tmp_path / "a")
     assert ckpt.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock") == ["a", "pre.ckpt"]  # nothing else beside
     saved = torch.load(ckpt, weights_only=True)["state_dict"]
     assert all(torch.equal(started[k], saved[f"G_ema.{k}"]) for k in started)  # fine-tuning starts from it
     assert any(not torch.equal(before[k], started[k]) for k in before)

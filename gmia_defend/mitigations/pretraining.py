@@ -84,10 +84,14 @@ class PublicPretraining(pl.Callback):
         batches = self.batches or _batches_of(trainer, pl_module)
         model = type(pl_module)(**{**_own_args(type(pl_module), dict(pl_module.hparams)), "init_from": None})
         accelerator = "gpu" if trainer.strategy.root_device.type == "cuda" else "cpu"
-        inner = pl.Trainer(accelerator=accelerator, devices=1, max_steps=2 * batches, max_epochs=-1, logger=False,
-                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                           num_sanity_val_steps=0, callbacks=[], default_root_dir=str(path.parent))
-        with preserved_rng():
+        import tempfile
+
+        # the inner fit's sample grids and split.json go to a throwaway folder, not beside the runs
+        with tempfile.TemporaryDirectory(prefix="gmia-pretrain-") as root, preserved_rng():
+            inner = pl.Trainer(accelerator=accelerator, devices=1, max_steps=2 * batches, max_epochs=-1,
+                               logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                               enable_model_summary=False, num_sanity_val_steps=0, callbacks=[],
+                               default_root_dir=root)
             inner.fit(model, datamodule=public)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k.split(".", 1)[0] in _NETWORKS}
         save_torch_atomic(path, {"state_dict": state, "pretrained_batches": batches, "public_people": people})
