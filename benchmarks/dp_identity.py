@@ -11,29 +11,29 @@ fine-tuned on the members for the same number of batches, from the same weights,
                     summed gradient clipped; epsilon per person from the Opacus PRV accountant
   els_eps{2,4,8}    example-level sampling: images Poisson-sampled from data capped at k images a
                     person, per-image clipping; epsilon per person from the mixture-of-Gaussians PLD
-  scratch_eps8      the better-by-design ELS at epsilon 8, without pretraining (fresh weights)
+  scratch_{els,uls}_eps8   both schemes at epsilon 8 without pretraining (fresh weights)
 
-Each row is audited once at its end (G_ema, ``samples`` latents, the trained ``synthetic``
-embedder, top-k-mean score) on the ``heavy`` members against ``nonmembers`` never trained on; the
-Fréchet distance is in the embedder's space, generated vs the members' training images. Per-person
-delta = 1 / (10 x people). Noise is solved so each DP row reaches its per-person epsilon exactly at
-its last step (same batches as the non-private row).
+Every fine-tuning row takes the same ``finetune_batches`` batches of ``batch`` images from the same
+weights (64 x 400 by default: the non-private model needs that many steps to leak measurably; with
+256 x 50 it reads only AUC 0.69). Each row is audited once at its end (G_ema, ``samples`` latents, the
+trained ``synthetic`` embedder, top-k-mean score) on the ``heavy`` members against ``nonmembers`` never
+trained on. Quality is the Fréchet distance in the embedder's space to fresh people of the same
+population that no row trained on (``fd``), with the distance to the members' training images beside
+it (``fd_train``: 71 % of those images show the 32 over-represented people, so that distance rewards
+re-creating them). Per-person delta = 1 / (10 x people). Noise is solved so each DP row reaches its
+per-person epsilon exactly at its last step. The DP noise is seeded from OS entropy: DP rows differ
+from run to run (ELS at epsilon 8 read AUC 0.51-0.68 over three runs of the same setting).
 
   pretrained_only   the public model itself, no fine-tuning (epsilon 0 for the members)
 
-    python benchmarks/dp_identity.py [--quick] [--out runs/dp_identity] [--parallel 2] [--dp-batch 256]
+    python benchmarks/dp_identity.py [--quick] [--out runs/dp_identity] [--parallel 2] [--batch 64] [--batches 400]
 
-Measured (Nov 2026, the 2-core machine shared with 5 other jobs, load ~10, --parallel 3): 2,973 s
-wall (pretraining 975 s); on an idle 2-core machine the same work is ~20 minutes of CPU. Non-private
-fine-tuning: AUC 0.697 [0.596, 0.794], FD 0.158. Best pretrained DP row at epsilon ~8 per person:
-ULS, epsilon 7.89, AUC 0.520 [0.412, 0.625], FD 0.994 (6.3x the non-private FD); ELS at 7.99:
-AUC 0.591 [0.473, 0.705], FD 1.448; ELS from scratch at 7.99: FD 1.147. The public model alone
-(measured after that run; the row was added then): AUC 0.492 [0.376, 0.617], FD 0.220. So at
-this size DP fine-tuning hides the over-represented members but costs far more quality than it
-buys back over the public model: the DP noise dominates batches of 32 (see the README).
-With ``--dp-batch 256`` (50 batches of 256: the same images, 4-6x less noise on the mean gradient
-at the same epsilon; DP rows run after the main run from its checkpoint): at epsilon ~8 ELS AUC 0.590
-[0.477, 0.702], FD 0.388 (2.45x); ULS AUC 0.573 [0.458, 0.693], FD 0.481; ELS from scratch FD 1.231.
+Measured (Nov 30 2026, 2 CPU cores, --parallel 2, a 1-thread fit sharing the machine for the first
+15 minutes): 1,488 s wall (pretraining 116 s). Non-private: AUC 0.755 [0.654, 0.840], FD 0.124;
+public model alone: AUC 0.492, FD 0.160. Best pretrained DP row at epsilon ~8 per person: ULS, AUC
+0.573 [0.452, 0.691], FD 0.590 (4.8x the non-private); ELS at 7.99: AUC 0.676 [0.565, 0.775], FD 0.785;
+from scratch at 8: ULS FD 0.989, ELS 1.309. Every ULS row's interval contains 0.5; ELS's at epsilon 4
+and 8 do not. No DP row comes near the public model's quality.
 
 Prints a table, writes ``<out>/frontier.png`` and ``<out>/result.json``; the last line is one JSON
 object. ``--quick``: tiny sizes (a smoke test, well under 30 s).
@@ -369,7 +369,7 @@ def figure(rows: list[dict], path: Path) -> None:
                        label=f"{r['scheme'].upper()} from scratch")
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="coolwarm"), ax=ax, label="leakage AUC")
     ax.set_xlabel("epsilon per person")
-    ax.set_ylabel("Fréchet distance (embedder space)")
+    ax.set_ylabel("Fréchet distance to fresh people (embedder space)")
     ax.set_xscale("log", base=2)
     ax.legend(fontsize=8)
     fig.tight_layout()
