@@ -22,7 +22,8 @@ population that no row trained on (``fd``), with the distance to the members' tr
 it (``fd_train``: 71 % of those images show the 32 over-represented people, so that distance rewards
 re-creating them). Per-person delta = 1 / (10 x people). Noise is solved so each DP row reaches its
 per-person epsilon exactly at its last step. The DP noise is seeded from OS entropy: DP rows differ
-from run to run (ELS at epsilon 8 read AUC 0.51-0.68 over three runs of the same setting).
+from run to run (three runs at epsilon 8 from the same weights: ULS AUC 0.54-0.57, FD 0.52-0.86;
+ELS AUC 0.60-0.68, FD 0.79-1.04).
 
   pretrained_only   the public model itself, no fine-tuning (epsilon 0 for the members)
 
