@@ -151,8 +151,8 @@ def capped(labels, k: int):
 
 
 def train(images, labels, batches: int, batch: int, init: str | None, dp: dict | None, seed: int,
-          lr_scale: float = 1.0) -> Any:
-    """Fit a StyleGAN2 for ``batches`` D steps (one G step each), both learning rates times ``lr_scale``;
+          lr_scale: float = 1.0, d_steps: int = 1) -> Any:
+    """Fit a StyleGAN2 for ``batches`` D steps (a G step every ``d_steps``), learning rates times ``lr_scale``;
     returns the module."""
     import pytorch_lightning as pl
     import torch
@@ -168,7 +168,7 @@ def train(images, labels, batches: int, batch: int, init: str | None, dp: dict |
         logging.getLogger(name).setLevel(logging.ERROR)
     pl.seed_everything(seed, verbose=False)
     model = StyleGAN2(**dict(MODEL, lr_g=MODEL["lr_g"] * lr_scale, lr_d=MODEL["lr_d"] * lr_scale),
-                      rng_seed=seed, init_from=init)
+                      rng_seed=seed, init_from=init, d_steps_per_g_step=d_steps)
     data = TensorDataset(images, labels)
     if dp is None:
         g = torch.Generator().manual_seed(seed)
@@ -183,7 +183,7 @@ def train(images, labels, batches: int, batch: int, init: str | None, dp: dict |
     # the module writes its sample grids into the run folder: a throwaway one, never the working directory
     with tempfile.TemporaryDirectory(prefix="gmia-dp-identity-") as root, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2 * batches, max_epochs=-1, logger=False,
+        trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=batches + batches // d_steps, max_epochs=-1, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                              num_sanity_val_steps=0, limit_train_batches=batches if dp is None else None,
                              default_root_dir=root)
@@ -304,7 +304,8 @@ def run_row(name: str, cfg: dict, init: str | None, sigma: float | None = None) 
         dp.update(max_grad_norm=cfg["max_grad_norm"], accountant="prv")
     # every fine-tuning row, private or not, takes the same batches of the same size from the same weights
     model = train(images, labels, cfg["finetune_batches"], cfg["batch"], None if name.startswith("scratch") else init, dp,
-                  seed=SEED + 1, lr_scale=cfg.get("finetune_lr_scale", 1.0))
+                  seed=SEED + 1, lr_scale=cfg.get("finetune_lr_scale", 1.0),
+                  d_steps=1 if dp is None else int(cfg.get("dp_d_steps", 1)))
     train_s = time.perf_counter() - start
     row: dict[str, Any] = {"row": name, "pretrained": not name.startswith("scratch")}
     if dp is not None:
@@ -410,6 +411,7 @@ def summarise(rows: list[dict], cfg: dict, pretrain_s: float, wall: float, quick
         "public_people": cfg["public_people"], "finetune_batches": cfg["finetune_batches"],
         "pretrain_batches": cfg["pretrain_batches"], "pretrain_batch": cfg["pretrain_batch"], "batch": cfg["batch"],
         "delta_person": 1 / (10 * cfg["people"]), "samples": cfg["samples"],
+        "dp_d_steps_per_g_step": int(cfg.get("dp_d_steps", 1)),
         "auc_nonprivate": round(nonprivate["auc"], 4),
         "auc_nonprivate_ci": [round(nonprivate["auc_ci_low"], 4), round(nonprivate["auc_ci_high"], 4)],
         "fd_nonprivate": round(nonprivate["fd"], 4),
@@ -439,15 +441,18 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=2, help="rows trained at a time (one thread each)")
     parser.add_argument("--batch", type=int, default=None, help="fine-tuning batch of every row (default 64)")
     parser.add_argument("--batches", type=int, default=None, help="fine-tuning batches of every row (default 400)")
+    parser.add_argument("--d-steps", type=int, default=None,
+                        help="DP rows: discriminator steps per generator step (the non-private row keeps 1)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg = dict(QUICK if args.quick else FULL, log=str(out / "rows.jsonl"))
-    for key, value in (("batch", args.batch), ("finetune_batches", args.batches)):
+    for key, flag, value in (("batch", "--batch", args.batch), ("finetune_batches", "--batches", args.batches),
+                             ("dp_d_steps", "--d-steps", args.d_steps)):
         if value is not None:
             if value < 1:
-                raise SystemExit(f"--{key.split('_')[-1]} must be >= 1, got {value}")
+                raise SystemExit(f"{flag} must be >= 1, got {value}")
             cfg[key] = value
     Path(cfg["log"]).unlink(missing_ok=True)
     start = time.perf_counter()

@@ -51,7 +51,10 @@ def test_frontier_benchmark_shortened(tmp_path, monkeypatch) -> None:
     bench.figure(rows, tmp_path / "frontier.png")
     assert (tmp_path / "frontier.png").stat().st_size > 1000
     assert result["fd_pretrained_only"] is not None and by["pretrained_only"]["epsilon_person"] == 0.0
-    assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 4  # the trained rows
+    assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 4  # the trained rows (before the next one)
+    # more D steps per G step under DP: the same D steps (all accounted), fewer G steps
+    more_d = bench.run_row("uls_eps8", dict(cfg, dp_d_steps=2), init)
+    assert more_d["steps"] == cfg["finetune_batches"] and more_d["epsilon_person"] == by["uls_eps8"]["epsilon_person"]
     assert bench._scheme_eps("scratch_uls_eps8") == ("uls", 8.0) and bench._scheme_eps("els_eps2") == ("els", 2.0)
 
 
