@@ -29,12 +29,16 @@ ELS AUC 0.60-0.68, FD 0.79-1.04).
 
     python benchmarks/dp_identity.py [--quick] [--out runs/dp_identity] [--parallel 2] [--batch 64] [--batches 400]
 
-Measured (Nov 30 2026, 2 CPU cores, --parallel 2, a 1-thread fit sharing the machine for the first
-15 minutes): 1,488 s wall (pretraining 116 s). Non-private: AUC 0.755 [0.654, 0.840], FD 0.124;
-public model alone: AUC 0.492, FD 0.160. Best pretrained DP row at epsilon ~8 per person: ULS, AUC
-0.573 [0.452, 0.691], FD 0.590 (4.8x the non-private); ELS at 7.99: AUC 0.676 [0.565, 0.775], FD 0.785;
-from scratch at 8: ULS FD 0.989, ELS 1.309. Every ULS row's interval contains 0.5; ELS's at epsilon 4
-and 8 do not. No DP row comes near the public model's quality.
+DP rows take 16 discriminator steps per generator step (``--d-steps``; Bie et al. 2023): the 400
+private D steps are all accounted, and G moves 25 times against a D that has averaged more noise.
+
+Measured (Nov 30 2026, idle 2 CPU cores, --parallel 2): 858 s wall (pretraining 98 s). Non-private:
+AUC 0.755 [0.654, 0.840], FD 0.124; public model alone: AUC 0.492, FD 0.160. Best pretrained DP row
+at epsilon ~8 per person: ULS, AUC 0.511 [0.408, 0.623], FD 0.183 (1.48x the non-private); ELS at 7.99:
+AUC 0.504 [0.406, 0.616], FD 0.206; from scratch at 8: ULS FD 0.472, ELS 0.402. Every pretrained DP
+interval contains 0.5. No DP row beats the public model alone (best: ULS at epsilon 4, FD 0.173).
+With one D step per G step (``--d-steps 1``, 1,488 s) the same rows lost far more quality: ULS at
+epsilon 8 FD 0.590 (0.52-0.86 over three runs), ELS 0.79-1.04, and ELS leaked at epsilon 4 and 8.
 
 Prints a table, writes ``<out>/frontier.png`` and ``<out>/result.json``; the last line is one JSON
 object. ``--quick``: tiny sizes (a smoke test, well under 30 s).
@@ -58,7 +62,7 @@ FULL = dict(people=2000, heavy=32, heavy_images=300, light_images=2, nonmembers=
             public_people=2000, public_images=4, pretrain_batches=500, pretrain_batch=32, finetune_batches=400,
             batch=64,
             k=4, samples=2000, real_fd_images=4000, epsilons=[2.0, 4.0, 8.0], scratch_epsilon=8.0,
-            max_grad_norm=1.0)
+            max_grad_norm=1.0, dp_d_steps=16)
 QUICK = dict(people=40, heavy=4, heavy_images=12, light_images=2, nonmembers=8, population=8, refs=3,
              public_people=40, public_images=2, pretrain_batches=3, pretrain_batch=8, finetune_batches=3, batch=8,
              k=2, samples=200, real_fd_images=200, epsilons=[8.0], scratch_epsilon=8.0, max_grad_norm=1.0,
@@ -442,7 +446,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=None, help="fine-tuning batch of every row (default 64)")
     parser.add_argument("--batches", type=int, default=None, help="fine-tuning batches of every row (default 400)")
     parser.add_argument("--d-steps", type=int, default=None,
-                        help="DP rows: discriminator steps per generator step (the non-private row keeps 1)")
+                        help="DP rows: discriminator steps per generator step (default 16; the non-private row keeps 1)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = Path(args.out).resolve()
