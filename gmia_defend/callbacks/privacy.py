@@ -55,7 +55,9 @@ def _d_steps_of(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | Non
         return None
     hparams = getattr(pl_module, "hparams", None) or {}
     k = int(hparams.get("d_steps_per_g_step", 1) or 1) if hasattr(hparams, "get") else 1
-    return max(1, (max_steps * k) // (k + 1))  # batches + batches // k = max_steps
+    from gmia_defend.models.stylegan2.module import batches_for_max_steps
+
+    return batches_for_max_steps(max_steps, k)
 
 
 class PrivacyBudgetMonitor(pl.Callback):

@@ -127,8 +127,9 @@ def _batches_of(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
     if max_steps <= 0:
         raise UserError("PublicPretraining(batches=None) takes the fine-tuning's length from trainer.max_steps; "
                         "set one of them")
-    k = int(dict(pl_module.hparams).get("d_steps_per_g_step", 1) or 1)
-    return max(1, (max_steps * k) // (k + 1))
+    from gmia_defend.models.stylegan2.module import batches_for_max_steps
+
+    return batches_for_max_steps(max_steps, int(dict(pl_module.hparams).get("d_steps_per_g_step", 1) or 1))
 
 
 class _locked:

@@ -79,6 +79,21 @@ def _accepts(fn: Any, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+def batches_for_max_steps(max_steps: int, d_steps_per_g_step: int = 1) -> int:
+    """Batches (one D step each) a fit with ``trainer.max_steps=max_steps`` trains: ``global_step``
+    counts D and G optimizer steps, a G step every ``d_steps_per_g_step`` batches, and training stops
+    at the first batch that reaches ``max_steps``.
+
+    >>> batches_for_max_steps(5000), batches_for_max_steps(2000, 16), batches_for_max_steps(6, 2)
+    (2500, 1883, 4)
+    """
+    k = max(1, int(d_steps_per_g_step))
+    batches = (int(max_steps) * k) // (k + 1)
+    while batches + batches // k < max_steps:
+        batches += 1
+    return max(1, batches)
+
+
 def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed from integers and stream names (stable across processes and Python versions)."""
     words = [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) & 0xFFFFFFFFFFFFFFFF for p in parts]
