@@ -71,11 +71,18 @@ def check_public_metric(trainer: pl.Trainer, metric: str, who: str) -> None:
         if given is False:
             continue
         canaries = getattr(dm, "public_canaries", None)  # IdentityDataModule; another datamodule may expose the set
-        if given is not None or (int(canaries or 0) > 0 if canaries is not None
-                                 else getattr(dm, "public_audit_set", None) is not None):
+        if given is not None or (int(canaries or 0) > 0 if canaries is not None else _has_public_audit(dm)):
             return
     raise UserError(f"{who} reads {metric}, but nothing audits public canaries: set data.public_canaries=N (with "
                     "data.public_identities or data.public_folder), or give IdentityLeakageMonitor(public_audit=...)")
+
+
+def _has_public_audit(dm: Any) -> bool:
+    """Whether another datamodule exposes a public audit set (built without touching any RNG)."""
+    from gmia_defend.rng import preserved_rng
+
+    with preserved_rng():
+        return getattr(dm, "public_audit_set", None) is not None
 
 
 def audit_listeners(trainer: pl.Trainer, hook: str = "on_leakage_audit") -> list[Any]:
