@@ -57,6 +57,16 @@ class AttackPass:
     thresholds: list[tuple[float, str]]
     stats: list[StreamingIdentityStats]
 
+    def state_dict(self, prefix: str = "") -> dict[str, Tensor]:
+        """Every embedder's statistics under ``<prefix><j>.<field>`` (what a shard sends to be merged)."""
+        return {f"{prefix}{j}.{k}": v for j, s in enumerate(self.stats) for k, v in s.state_dict().items()}
+
+    def load_state_dict(self, merged: dict[str, Tensor], prefix: str = "") -> None:
+        """Load merged statistics written by ``state_dict(prefix)`` (other keys are ignored)."""
+        for j, s in enumerate(self.stats):
+            head = f"{prefix}{j}."
+            s.load_state_dict({k[len(head):]: v for k, v in merged.items() if k.startswith(head)})
+
 
 class IdentityMembershipAttack:
     """The identity membership attack (Webster et al., arXiv 2107.06018) as a streaming audit.
@@ -278,17 +288,16 @@ class IdentityMembershipAttack:
                     evidence: tuple | None = None) -> AttackResult:
         """Merge shards (``reduce``), compute metrics and the identity table; ``evidence``: (adapter,
         sampler, device) to regenerate the nearest samples of the most leaked members."""
+        t0 = time.perf_counter() if t0 is None else t0
         stats, refs, thresholds = scoring.stats, scoring.refs, scoring.thresholds
         if reduce is not None:
-            merged = reduce({f"{j}.{k}": v for j, s in enumerate(stats) for k, v in s.state_dict().items()})
-            for j, s in enumerate(stats):
-                s.load_state_dict({k.split(".", 1)[1]: v for k, v in merged.items() if k.startswith(f"{j}.")})
+            scoring.load_state_dict(reduce(scoring.state_dict()))
         reports = [self._report(j, refs[j], stats[j], *thresholds[j]) for j in range(len(self.embedders))]
         if evidence is not None:
             self._attach_evidence(reports, refs, *evidence)
         return AttackResult.from_reports(
             reports, num_samples=int(stats[0].count), score=self.score, top_k=self.top_k, seed=self.seed,
-            config=self.config(), elapsed_s=time.perf_counter() - (t0 if t0 is not None else time.perf_counter()))
+            config=self.config(), elapsed_s=time.perf_counter() - t0)
 
     def config(self) -> dict[str, Any]:
         return {"num_samples": self.num_samples, "batch_size": self.batch_size, "seed": self.seed,

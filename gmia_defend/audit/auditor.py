@@ -333,12 +333,10 @@ class _PublicPass:
         return on_embeddings
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"{self.PREFIX}{j}.{k}": v for j, s in enumerate(self.scoring.stats) for k, v in s.state_dict().items()}
+        return self.scoring.state_dict(self.PREFIX)
 
     def load_state_dict(self, merged: dict[str, torch.Tensor]) -> None:
-        for j, s in enumerate(self.scoring.stats):
-            head = f"{self.PREFIX}{j}."
-            s.load_state_dict({k[len(head):]: v for k, v in merged.items() if k.startswith(head)})
+        self.scoring.load_state_dict(merged, self.PREFIX)
 
 
 def _distributed() -> bool:
