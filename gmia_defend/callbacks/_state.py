@@ -61,7 +61,9 @@ def has_monitor(trainer: pl.Trainer) -> bool:
 
 def check_public_metric(trainer: pl.Trainer, metric: str, who: str) -> None:
     """Refuse a rule on ``public/leakage/...`` when no monitor audits public canaries (it would never be measured)."""
-    if not str(metric).startswith("public/"):
+    from gmia_defend.audit.record import is_public
+
+    if not is_public(metric):
         return
     dm = getattr(trainer, "datamodule", None)
     for cb in trainer.callbacks:

@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from gmia_defend.attack.generator_loading import import_function
     from gmia_defend.audit import AuditLog, Auditor
     from gmia_defend.audit.policies import ReleaseRule
+    from gmia_defend.audit.record import is_public
     from gmia_defend.watch.logged_quality import LoggedQuality
     from gmia_defend.watch.runner import WatchOptions, Watcher
     from gmia_defend.watch.snapshots import DEFAULT_PATTERNS
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     audit, real_images, public_audit = _open_split(args.audit, args.num_samples, args.seed)
     rule_options = {k: v for k, v in (("budget", args.budget), ("metric", args.metric)) if v is not None}
     rule = ReleaseRule(**rule_options)
-    if rule.metric.startswith("public/") and public_audit is None:
+    if is_public(rule.metric) and public_audit is None:
         raise UserError(f"--metric {rule.metric} reads the public canaries, but {args.audit} lists none; train with "
                         "data.public_canaries=N (the split then records them) or choose a leakage/... metric")
     attack_options = {"score": args.score, "input_range": tuple(args.input_range), "device": device,
