@@ -82,7 +82,11 @@ class PublicPretraining(pl.Callback):
         from gmia_defend.rng import preserved_rng
 
         batches = self.batches or _batches_of(trainer, pl_module)
-        model = type(pl_module)(**{**_own_args(type(pl_module), dict(pl_module.hparams)), "init_from": None})
+        # plain non-private training: one D step per G step, whatever the private fine-tuning takes
+        hparams = {**_own_args(type(pl_module), dict(pl_module.hparams)), "init_from": None}
+        if "d_steps_per_g_step" in hparams:
+            hparams["d_steps_per_g_step"] = 1
+        model = type(pl_module)(**hparams)
         accelerator = "gpu" if trainer.strategy.root_device.type == "cuda" else "cpu"
         import tempfile
 
