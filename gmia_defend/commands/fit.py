@@ -64,7 +64,8 @@ def _cli_classes():
                 return
             if every and step % every == 0:
                 return  # ModelCheckpoint saves this step (last.ckpt included) right after this hook
-            trainer.save_checkpoint(str(Path(self.checkpoint.dirpath) / "last.ckpt"), weights_only=False)
+            last = self.checkpoint.CHECKPOINT_NAME_LAST + self.checkpoint.FILE_EXTENSION
+            trainer.save_checkpoint(str(Path(self.checkpoint.dirpath) / last), weights_only=False)
 
     class FitCLI(LightningCLI):
         """LightningCLI without subcommands (``fit`` is implied), defaults that keep a run in one folder."""
@@ -158,11 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ckpt:
         _keep_previous_metrics(Path(cli.trainer.default_root_dir))
     with warnings.catch_warnings():
-        # our CSVLogger writes into the run folder, which already holds config.yaml: expected
-        warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
-        # StyleGAN2 checkpoints the state after the batch's updates together with the batch counter,
-        # which is what an exact resume needs; Lightning's manual-optimisation advice does not apply
-        warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization and every_n_train_steps")
+        # (quiet_console already silences the run folder's CSV note and the manual-optimisation advice)
         # IdentityDataModule saves its position in the data order and resumes from it mid-epoch
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
